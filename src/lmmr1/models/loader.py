@@ -1,0 +1,338 @@
+"""One loader for every model lmmr1 trains: local HF directories of VLMs or text-only LMs.
+
+The loader validates the directory up front (one-line errors that say what to fix), loads the
+weights with the real transformers classes, builds a :class:`ChatProcessor`, and returns a
+:class:`LoadedModel` whose forward helpers take *explicit* position ids.  Sampling and training
+both go through those helpers, so a Qwen2.5-VL image row gets the same 3-D (M-RoPE) positions
+in both passes and rollout log-probs match training log-probs to float precision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmmr1.errors import ModelLoadError
+from lmmr1.models.chat_template import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
+from lmmr1.models.processor import ChatProcessor, PromptBatch
+
+VLM_TYPES = ("qwen2_5_vl", "qwen2_vl")
+TEXT_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraOptions:
+    """LoRA on the language model's linear layers (the vision tower is left as is)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
+
+@dataclass
+class LoadedModel:
+    """A model + its processor + the forward helpers every lmmr1 component uses."""
+
+    model: Any  # a transformers PreTrainedModel, or a peft PeftModel around one
+    processor: ChatProcessor
+    path: Path
+    model_type: str
+    suppress_ids: list[int] = field(default_factory=list)
+
+    # ------------------------------------------------------------ structure
+    @property
+    def base(self):
+        """The transformers model (LoRA layers, if any, are injected into it in place)."""
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.model_type in VLM_TYPES
+
+    @property
+    def uses_mrope(self) -> bool:
+        return self.is_multimodal
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.base.lm_head
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        core = self.base.model
+        return core.language_model if self.is_multimodal else core
+
+    @property
+    def image_token_id(self) -> int | None:
+        return self.base.config.image_token_id if self.is_multimodal else None
+
+    # ------------------------------------------------------------ positions
+    def prompt_positions(self, prompts: PromptBatch) -> torch.Tensor:
+        """Position ids of a left-padded prompt batch, shape (C, B, L): C=3 (M-RoPE) or C=1.
+
+        For VLMs this is the model's own rope-index function, so image rows get their 2-D
+        (height, width) positions exactly as Hugging Face generation computes them.
+        """
+        mask = prompts.attention_mask
+        if self.uses_mrope:
+            pos, _ = self.base.model.get_rope_index(
+                prompts.input_ids,
+                mm_token_type_ids=prompts.mm_token_type_ids,
+                image_grid_thw=prompts.image_grid_thw,
+                attention_mask=mask,
+            )
+            return pos
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return pos.unsqueeze(0)
+
+    @staticmethod
+    def next_positions(prompt_pos: torch.Tensor) -> torch.Tensor:
+        """The position of the first generated token per row, shape (B,)."""
+        return prompt_pos.amax(dim=(0, 2)) + 1
+
+    # ---------------------------------------------------------------- images
+    def encode_images(self, prompts: PromptBatch, rows: list[int] | None = None) -> list[torch.Tensor | None]:
+        """Vision-tower features per prompt row (None for text-only rows); one pass for all images.
+
+        ``rows`` restricts the work to some prompts (a micro-batch); other entries are None.
+        """
+        rows = list(range(prompts.batch_size)) if rows is None else sorted(set(rows))
+        out: list[torch.Tensor | None] = [None] * prompts.batch_size
+        if not self.is_multimodal or prompts.num_images == 0:
+            return out
+        slices = prompts.image_slices()
+        wanted = [r for r in rows if prompts.images_per_row[r] > 0]
+        if not wanted:
+            return out
+        grid = torch.cat([prompts.image_grid_thw[slices[r][0]] for r in wanted])
+        pixels = torch.cat([prompts.pixel_values[slices[r][1]] for r in wanted])
+        visual = self.base.model.visual
+        feats = self.base.model.get_image_features(pixels.to(visual.dtype), grid).pooler_output
+        k = 0
+        for r in wanted:
+            n_img = prompts.images_per_row[r]
+            out[r] = torch.cat(list(feats[k : k + n_img]))
+            k += n_img
+        return out
+
+    # --------------------------------------------------------------- forward
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with image features scattered into the <|image_pad|> slots."""
+        emb = self.language_model.get_input_embeddings()(input_ids)
+        if image_features is not None:
+            slots = input_ids == self.image_token_id
+            n_slots = int(slots.sum())
+            if n_slots != image_features.shape[0]:
+                raise ModelLoadError(
+                    f"image features and image tokens do not match: {n_slots} <|image_pad|> tokens in the "
+                    f"batch but {image_features.shape[0]} feature rows (was a completion allowed to emit them?)"
+                )
+            emb = emb.masked_scatter(slots.unsqueeze(-1), image_features.to(emb.dtype))
+        return emb
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        image_features: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """Last hidden states (B, L, H) of the language model with explicit positions."""
+        pos = position_ids if self.uses_mrope else position_ids[0]
+        out = self.language_model(
+            inputs_embeds=self.embed(input_ids, image_features),
+            attention_mask=attention_mask,
+            position_ids=pos,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state, out.past_key_values
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits with never-generate ids (vision placeholders, vocab padding) at -inf."""
+        logits = self.lm_head(hidden).float()
+        if self.suppress_ids:
+            logits[..., self.suppress_ids] = float("-inf")
+        return logits
+
+    def token_logprobs(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float = 1.0,
+        chunk_tokens: int = 2048,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log p(target) (and entropy) for N positions, computed in chunks of ``chunk_tokens``.
+
+        Only one chunk's full-vocabulary log-softmax exists at a time, so memory stays flat in
+        batch size.  ``temperature`` scales logits as the sampler does (temperature 0 = greedy,
+        scored at temperature 1).
+        """
+        temp = temperature if temperature > 0 else 1.0
+        lps, ents = [], []
+        for s in range(0, hidden.shape[0], chunk_tokens):
+            logp = torch.log_softmax(self.logits(hidden[s : s + chunk_tokens]) / temp, dim=-1)
+            lps.append(logp.gather(-1, targets[s : s + chunk_tokens, None]).squeeze(-1))
+            if with_entropy:
+                p = logp.exp()
+                ents.append(-(p * logp.nan_to_num(neginf=0.0)).sum(-1))
+        lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
+        ent = (torch.cat(ents) if ents else hidden.new_zeros(0, dtype=torch.float32)) if with_entropy else None
+        return lp, ent
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """HF-format safetensors (LoRA merged into a copy) + processor files: loadable as-is."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- loading
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise ModelLoadError(
+            f"model directory {path} does not exist; pass a local Hugging Face checkpoint directory "
+            "(model hubs are not contacted; build a test model with `lmmr1 make-tiny DIR`)"
+        )
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is a file; pass the checkpoint *directory* that holds config.json")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise ModelLoadError(
+            f"{path} has no config.json, so it is not a Hugging Face checkpoint directory; "
+            "point to the folder holding config.json, *.safetensors and the tokenizer files"
+        )
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg_file} is not valid JSON (line {e.lineno}): {e.msg}") from e
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    gradient_checkpointing: bool = False,
+    freeze_vision: bool = False,
+    lora: LoraOptions | None = None,
+    max_prompt_tokens: int | None = None,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a local HF checkpoint (Qwen2.5-VL, Qwen2-VL or a text-only causal LM)."""
+    import transformers
+
+    path = Path(path).expanduser()
+    cfg = _read_config(path)
+    model_type = cfg.get("model_type")
+    if model_type not in VLM_TYPES + TEXT_TYPES:
+        raise ModelLoadError(
+            f"unsupported architecture {model_type!r} (model_type in {path / 'config.json'}); supported: "
+            f"{', '.join(VLM_TYPES)} (vision-language), {', '.join(TEXT_TYPES)} (text-only)"
+        )
+    if not (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))):
+        raise ModelLoadError(f"{path} has config.json but no weights (*.safetensors or pytorch_model*.bin)")
+    if not ((path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()):
+        raise ModelLoadError(f"{path} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    is_vlm = model_type in VLM_TYPES
+    if is_vlm and not (path / "preprocessor_config.json").exists():
+        raise ModelLoadError(
+            f"{path} is a {model_type} checkpoint without preprocessor_config.json; copy it from the "
+            "original checkpoint (it sets the image pixel budget)"
+        )
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    vocab = tokenizer.get_vocab()
+    if is_vlm:
+        for name, key in ((IMAGE_PAD, "image_token_id"), (VIDEO_PAD, "video_token_id"),
+                          (VISION_START, "vision_start_token_id"), (VISION_END, "vision_end_token_id")):
+            want = cfg.get(key)
+            got = vocab.get(name)
+            if want is not None and got != want:
+                raise ModelLoadError(
+                    f"tokenizer maps {name} to id {got} but config.json says {key}={want}; the tokenizer "
+                    f"and the weights in {path} come from different checkpoints: fix {key} or the tokenizer"
+                )
+
+    dev = torch.device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    auto = transformers.AutoModelForImageTextToText if is_vlm else transformers.AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"transformers could not load the weights in {path}: {str(e).splitlines()[0]}") from e
+    model.to(dev)
+    text_cfg = model.config.get_text_config()
+    if len(tokenizer) > text_cfg.vocab_size:
+        raise ModelLoadError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {text_cfg.vocab_size}; "
+            "they come from different checkpoints"
+        )
+
+    image_processor = None
+    if is_vlm:
+        image_processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(path)
+    processor = ChatProcessor(tokenizer, image_processor, max_prompt_tokens=max_prompt_tokens)
+
+    if freeze_vision and is_vlm:
+        model.model.visual.requires_grad_(False)
+    if gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        model = _apply_lora(model, lora, is_vlm)
+
+    suppress = sorted(processor.never_generate_ids | set(range(len(tokenizer), text_cfg.vocab_size)))
+    return LoadedModel(model=model, processor=processor, path=path, model_type=model_type, suppress_ids=suppress)
+
+
+def _apply_lora(model, opts: LoraOptions, is_vlm: bool):
+    try:
+        import peft
+    except ImportError as e:
+        raise ModelLoadError("LoRA needs the peft package: pip install 'lmmr1[peft]'") from e
+    names = "|".join(opts.target_modules)
+    # Restrict to the language model so the vision tower's own q/k/v stay full-rank (or frozen).
+    target = rf".*language_model.*\.({names})$" if is_vlm else rf".*\.({names})$"
+    cfg = peft.LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=target,
+                          bias="none")
+    return peft.get_peft_model(model, cfg)

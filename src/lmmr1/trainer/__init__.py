@@ -1,0 +1,1 @@
+"""lmmr1.trainer."""
