@@ -75,6 +75,73 @@ def generate_cmd(
         typer.echo(text)
 
 
+@app.command("score")
+def score_cmd(
+    input: Annotated[Path, typer.Argument(help="JSONL; each line has 'completion' and 'answer' (+ any fields).")],
+    reward: Annotated[str, typer.Option(help="Comma-separated reward names.")] = "format,accuracy",
+    weights: Annotated[str | None, typer.Option(help="Comma-separated weights, same order as --reward.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: stdout).")] = None,
+    timeout: Annotated[float, typer.Option(help="Hard per-item math-verify timeout in seconds.")] = 5.0,
+) -> None:
+    """Score completions with rule rewards; each output line = input + rewards + reward (or error)."""
+    from rich.table import Table
+
+    from lmmr1.rewards.compose import CompositeReward, parse_cli_rewards
+    from lmmr1.rewards.score import score_file
+
+    specs = parse_cli_rewards(reward, weights)
+    for s in specs:
+        if s.name == "accuracy":
+            s.kwargs["timeout"] = timeout
+    composite = CompositeReward(specs)
+    try:
+        if out is None:
+            summary = score_file(input, composite, sys.stdout)
+        else:
+            with out.open("w", encoding="utf-8") as fh:
+                summary = score_file(input, composite, fh)
+    finally:
+        composite.close()
+    table = Table(title=f"lmmr1 score: {input}")
+    table.add_column("component")
+    table.add_column("weight", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column("rows scored", justify="right")
+    for name, w in composite.weights.items():
+        m = summary.mean(name)
+        table.add_row(name, f"{w:g}", "-" if m is None else f"{m:.4f}", str(summary.counts.get(name, 0)))
+    m = summary.mean("reward")
+    table.add_row("[bold]total[/]", "", "-" if m is None else f"{m:.4f}", str(summary.counts.get("reward", 0)))
+    console.print(table)
+    timeouts = sum(v for k, v in summary.stats.items() if k.endswith("timeouts"))
+    console.print(f"rows: {summary.rows}   error rows: {summary.error_rows}   math-verify timeouts: {timeouts}")
+
+
+@app.command("serve-rewards")
+def serve_rewards_cmd(
+    reward: Annotated[str, typer.Option(help="Comma-separated reward names.")] = "format,accuracy",
+    weights: Annotated[str | None, typer.Option(help="Comma-separated weights, same order as --reward.")] = None,
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    max_body_mb: Annotated[float, typer.Option(help="Largest accepted request body, MiB.")] = 16.0,
+) -> None:
+    """Serve rewards over HTTP (LMM-R1's POST /get_reward, plus POST /rewards with components)."""
+    from lmmr1.rewards.compose import CompositeReward, parse_cli_rewards
+    from lmmr1.rewards.server import make_server
+
+    composite = CompositeReward(parse_cli_rewards(reward, weights))
+    server = make_server(composite, host, port, int(max_body_mb * 1024 * 1024))
+    console.print(f"serving {', '.join(composite.names)} on http://{host}:{server.server_address[1]} "
+                  "(POST /get_reward, POST /rewards, GET /health); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        composite.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: a user error prints one line and exits 2; usage errors are typer's (exit 2)."""
     from transformers.utils import logging as hf_logging
