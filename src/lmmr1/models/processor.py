@@ -155,6 +155,22 @@ class ChatProcessor:
     def num_image_tokens(self, grid_thw: torch.Tensor) -> int:
         return int(grid_thw.prod()) // (self.merge_size**2)
 
+    def image_tokens_for_size(self, width: int, height: int) -> int:
+        """Image tokens an image of this size becomes (after resizing to the pixel budget)."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        ip = self.image_processor
+        patch = int(ip.patch_size)
+        h, w = smart_resize(height, width, factor=patch * self.merge_size,
+                            min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
+        return (h // patch) * (w // patch) // (self.merge_size**2)
+
+    def count_prompt_tokens(self, messages: Messages, image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """(total prompt tokens, image tokens) without decoding any pixels: for dataset validation."""
+        text = self.render(messages)
+        n_img = sum(self.image_tokens_for_size(w, h) for w, h in image_sizes) if image_sizes else 0
+        return len(self.encode_text(text)) - len(image_sizes) + n_img, n_img
+
     def process_images(self, images: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Resize to the pixel budget, patchify; returns (pixel_values, image_grid_thw)."""
         out = self.image_processor(images=list(images), return_tensors="pt")
