@@ -75,6 +75,19 @@ def generate_cmd(
         typer.echo(text)
 
 
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe (sections: model, data, reward, rollout, algo, optim, train).")],
+) -> None:
+    """Train with RL. Extra arguments are dotted overrides, e.g. train.steps=20 algo.kl_coef=0.001."""
+    from lmmr1.trainer.config import load_config
+    from lmmr1.trainer.trainer import train
+
+    cfg = load_config(recipe, list(ctx.args))
+    train(cfg, console)
+
+
 @app.command("score")
 def score_cmd(
     input: Annotated[Path, typer.Argument(help="JSONL; each line has 'completion' and 'answer' (+ any fields).")],

@@ -283,3 +283,38 @@ class ChatProcessor:
         self.tokenizer.save_pretrained(out_dir)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(out_dir)
+
+
+def _left_pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
+    if t.shape[1] == length:
+        return t
+    pad = torch.full((t.shape[0], length - t.shape[1]), value, dtype=t.dtype, device=t.device)
+    return torch.cat([pad, t], dim=1)
+
+
+def select_prompts(batch: PromptBatch, rows: list[int]) -> PromptBatch:
+    """A sub-batch of prompt rows (their images come along)."""
+    slices = batch.image_slices()
+    grids = [batch.image_grid_thw[slices[r][0]] for r in rows if batch.images_per_row[r]]
+    pixels = [batch.pixel_values[slices[r][1]] for r in rows if batch.images_per_row[r]]
+    idx = torch.tensor(rows, dtype=torch.long, device=batch.input_ids.device)
+    return PromptBatch(
+        input_ids=batch.input_ids[idx], attention_mask=batch.attention_mask[idx],
+        mm_token_type_ids=batch.mm_token_type_ids[idx],
+        pixel_values=torch.cat(pixels) if pixels else None, image_grid_thw=torch.cat(grids) if grids else None,
+        images_per_row=[batch.images_per_row[r] for r in rows], texts=[batch.texts[r] for r in rows],
+    )
+
+
+def concat_prompts(batches: list[PromptBatch], pad_token_id: int) -> PromptBatch:
+    """Stack prompt batches, re-padding on the left to the longest."""
+    length = max(b.input_ids.shape[1] for b in batches)
+    pixels = [b.pixel_values for b in batches if b.pixel_values is not None]
+    grids = [b.image_grid_thw for b in batches if b.image_grid_thw is not None]
+    return PromptBatch(
+        input_ids=torch.cat([_left_pad(b.input_ids, length, pad_token_id) for b in batches]),
+        attention_mask=torch.cat([_left_pad(b.attention_mask, length, 0) for b in batches]),
+        mm_token_type_ids=torch.cat([_left_pad(b.mm_token_type_ids, length, 0) for b in batches]),
+        pixel_values=torch.cat(pixels) if pixels else None, image_grid_thw=torch.cat(grids) if grids else None,
+        images_per_row=[k for b in batches for k in b.images_per_row], texts=[t for b in batches for t in b.texts],
+    )

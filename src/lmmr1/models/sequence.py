@@ -13,18 +13,16 @@ from lmmr1.models.loader import LoadedModel
 from lmmr1.models.processor import PromptBatch
 
 
-def completion_logprobs(
+def completion_hidden(
     lm: LoadedModel,
     prompts: PromptBatch,
     prompt_index: torch.Tensor,
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
     prompt_positions: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(completion token) for rows ``prompt_index`` (shape (N, T)), and entropy if asked.
+) -> torch.Tensor:
+    """Hidden states (N, T, H) at the positions that predict each completion token.
 
     Image features are computed once per distinct prompt among the rows and shared by all its
     samples (autograd sums their gradients), instead of once per sample.
@@ -53,13 +51,31 @@ def completion_logprobs(
     attention_mask = torch.cat([mask_p, (mask_c > 0).long()], dim=1)
     position_ids = torch.cat([pos_p, pos_c], dim=2)
     hidden, _ = lm.hidden_states(input_ids, attention_mask, position_ids, image_features)
-
     Lp = ids_p.shape[1]
-    h = hidden[:, Lp - 1 : Lp - 1 + T]  # position t predicts completion token t
-    valid = mask_c > 0
-    lp_flat, ent_flat = lm.token_logprobs(h[valid], completion_ids[valid], temperature, with_entropy=with_entropy)
-    logprobs = torch.zeros(valid.shape, dtype=torch.float32, device=dev)
-    logprobs = logprobs.masked_scatter(valid, lp_flat)
+    return hidden[:, Lp - 1 : Lp - 1 + T]  # position t predicts completion token t
+
+
+def completion_logprobs(
+    lm: LoadedModel,
+    prompts: PromptBatch,
+    prompt_index: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    prompt_positions: torch.Tensor | None = None,
+    chunk_tokens: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(completion token) for rows ``prompt_index`` (shape (N, T)), and entropy if asked."""
+    h = completion_hidden(lm, prompts, prompt_index, completion_ids, completion_mask,
+                          prompt_positions=prompt_positions)
+    dev = h.device
+    completion_ids = completion_ids.to(dev)
+    valid = completion_mask.to(dev) > 0
+    lp_flat, ent_flat = lm.token_logprobs(h[valid], completion_ids[valid], temperature,
+                                          chunk_tokens=chunk_tokens, with_entropy=with_entropy)
+    logprobs = torch.zeros(valid.shape, dtype=torch.float32, device=dev).masked_scatter(valid, lp_flat)
     entropy = None
     if with_entropy:
         entropy = torch.zeros(valid.shape, dtype=torch.float32, device=dev).masked_scatter(valid, ent_flat)

@@ -205,3 +205,26 @@ class OverlongPenalty:
             out.append(0.0 if n <= soft else (soft - n) / self.buffer if n <= self.max_tokens else -1.0)
         return out
 
+
+
+@register("target_fraction", default_weight=1.0)
+class TargetFractionReward:
+    """Fraction of the completion's non-space characters that belong to repeats of ``target``.
+
+    A diagnostic reward that a randomly initialised model can learn (used by recipes/smoke.yaml):
+    it checks that the RL loop moves the policy, independent of any reasoning ability.
+    """
+
+    name = "target_fraction"
+
+    def __init__(self, target: str = "7"):
+        if not target or target.strip() != target:
+            raise ValueError("target must be a non-empty string without surrounding spaces")
+        self.target = target
+
+    def __call__(self, samples: Sequence[Sample]) -> list[Verdict]:
+        out: list[Verdict] = []
+        for s in samples:
+            text = "".join(s.completion.split())
+            out.append(text.count(self.target) * len(self.target) / len(text) if text else 0.0)
+        return out

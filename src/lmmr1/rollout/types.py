@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmmr1.models.processor import PromptBatch
+from lmmr1.models.processor import PromptBatch, concat_prompts, select_prompts
 
 
 @dataclass
@@ -57,3 +57,42 @@ class Rollout:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+    def select_prompts(self, prompt_rows: list[int]) -> Rollout:
+        """Keep whole groups: the rows of the given prompts, in that order."""
+        rows = [r for p in prompt_rows for r in (self.prompt_index == p).nonzero().squeeze(-1).tolist()]
+        remap = {p: i for i, p in enumerate(prompt_rows)}
+        idx = torch.tensor(rows, dtype=torch.long, device=self.completion_ids.device)
+        return Rollout(
+            prompts=select_prompts(self.prompts, prompt_rows),
+            prompt_index=torch.tensor([remap[int(self.prompt_index[r])] for r in rows], device=idx.device),
+            completion_ids=self.completion_ids[idx], completion_mask=self.completion_mask[idx],
+            logprobs=self.logprobs[idx], finish_reasons=[self.finish_reasons[r] for r in rows],
+            texts=[self.texts[r] for r in rows], temperature=self.temperature,
+        )
+
+
+def concat_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
+    """One rollout from several (e.g. DAPO sampling rounds); completions re-padded on the right."""
+    if len(parts) == 1:
+        return parts[0]
+    T = max(p.completion_ids.shape[1] for p in parts)
+
+    def right(t, value):
+        if t.shape[1] == T:
+            return t
+        return torch.cat([t, torch.full((t.shape[0], T - t.shape[1]), value, dtype=t.dtype, device=t.device)], 1)
+
+    offsets, total = [], 0
+    for p in parts:
+        offsets.append(total)
+        total += p.prompts.batch_size
+    return Rollout(
+        prompts=concat_prompts([p.prompts for p in parts], pad_token_id),
+        prompt_index=torch.cat([p.prompt_index + o for p, o in zip(parts, offsets, strict=True)]),
+        completion_ids=torch.cat([right(p.completion_ids, pad_token_id) for p in parts]),
+        completion_mask=torch.cat([right(p.completion_mask, 0.0) for p in parts]),
+        logprobs=torch.cat([right(p.logprobs, 0.0) for p in parts]),
+        finish_reasons=[f for p in parts for f in p.finish_reasons],
+        texts=[t for p in parts for t in p.texts], temperature=parts[0].temperature,
+    )

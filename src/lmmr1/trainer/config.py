@@ -1,0 +1,304 @@
+"""Typed training config; a YAML recipe maps 1:1 onto these dataclasses.
+
+``lmmr1 train RECIPE.yaml key.sub=value ...`` applies dotted overrides; an unknown key anywhere
+(recipe or override) is rejected with the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmmr1.errors import LmmR1Error
+
+
+class ConfigError(LmmR1Error):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # local HF checkpoint directory
+    tiny: str | None = None  # tiny | small: build an offline test model into {output_dir}/base_model
+    tiny_seed: int = 0
+    dtype: str = "auto"  # auto = bf16 on a GPU that supports it, fp32 otherwise
+    device: str = "auto"  # auto = cuda if available, else cpu
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = False
+    lora_r: int = 0  # > 0 enables LoRA on the language model
+    lora_alpha: int = 16
+    max_prompt_tokens: int | None = None
+
+
+@dataclass
+class DatasetConfig:
+    path: str = ""
+    prob: float | None = None  # mixing probability (default: proportional to size)
+    input_key: str = "message"
+    label_key: str = "answer"
+    image_key: str = "images"
+    system_prompt: str | None = "r1"
+    skip_invalid: bool = False
+    max_pixels: int | None = None
+    name: str | None = None
+
+
+@dataclass
+class RewardConfig:
+    name: str | None = None
+    weight: float | None = None
+    path: str | None = None
+    url: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 4  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae
+    ratio_level: str = "token"  # token (PPO/GRPO) | sequence (GSPO)
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # DAPO clip-higher: 0.28
+    dual_clip: float | None = None
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    kl_coef: float = 0.0  # 0: no reference model is loaded
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = False  # True: -kl_coef*kl shapes token rewards; False: kl_coef*KL added to the loss
+    kl_target: float | None = None  # adaptive KL coefficient when set
+    kl_horizon: int = 10000
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float | None = 0.2
+    vf_coef: float = 1.0
+    critic_lr: float | None = None  # default: optim.lr * 10
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie and sample more
+    max_sampling_rounds: int = 3
+    eps: float = 1e-6
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10
+    prompts_per_step: int = 8  # rollout batch, in prompts (rows = prompts * n)
+    mini_batch_size: int = 0  # rows per optimizer step (0: the whole rollout batch)
+    micro_batch_size: int = 8  # rows per forward/backward
+    ppo_epochs: int = 1
+    seed: int = 0
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str | None = "auto"  # auto | none | path to a checkpoint
+    old_logprobs: str = "auto"  # auto | rollout | recompute
+    logprob_chunk_tokens: int = 2048
+    log_samples: int = 4  # completions per step written to samples.jsonl
+    max_nonfinite_steps: int = 3
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "lmmr1"
+    num_threads: int = 0  # torch threads on CPU (0: leave torch's default)
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/lmmr1"  # metrics, samples, checkpoints, final model
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: list[DatasetConfig] = field(default_factory=list)
+    reward: list[RewardConfig] = field(default_factory=list)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        from lmmr1.algos import AGG_MODES, ESTIMATORS, GROUP_ESTIMATORS
+
+        if not self.model.path and not self.model.tiny:
+            raise ConfigError("model.path is required (a local HF checkpoint directory), or model.tiny: tiny|small")
+        if not self.data:
+            raise ConfigError("data: give at least one dataset (a list of {path: ...})")
+        if not self.reward:
+            raise ConfigError("reward: give at least one reward, e.g. [{name: accuracy}, {name: format}]")
+        if self.algo.advantage not in ESTIMATORS:
+            raise ConfigError(_suggest("algo.advantage", self.algo.advantage, ESTIMATORS))
+        if self.algo.loss_agg not in AGG_MODES:
+            raise ConfigError(_suggest("algo.loss_agg", self.algo.loss_agg, AGG_MODES))
+        if self.algo.advantage in GROUP_ESTIMATORS and self.rollout.n < 2:
+            raise ConfigError(f"algo.advantage={self.algo.advantage} compares samples of a prompt: set rollout.n >= 2")
+        if self.train.old_logprobs not in ("auto", "rollout", "recompute"):
+            raise ConfigError("train.old_logprobs must be auto, rollout or recompute")
+        rows = self.train.prompts_per_step * self.rollout.n
+        mb = self.train.mini_batch_size or rows
+        if rows % mb:
+            raise ConfigError(f"train.mini_batch_size={mb} must divide the rollout batch of {rows} rows "
+                              f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
+        if self.train.micro_batch_size < 1:
+            raise ConfigError("train.micro_batch_size must be >= 1")
+
+
+# ------------------------------------------------------------------------------------ (de)serialise
+def _suggest(key: str, value: Any, valid) -> str:
+    close = difflib.get_close_matches(str(value), list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}={value!r} is not valid{hint} (choose from {', '.join(map(str, valid))})"
+
+
+def _from_dict(cls, data: Any, prefix: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value: Any, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list")
+        items = []
+        for i, v in enumerate(value):
+            if isinstance(v, str) and args[0] is RewardConfig:
+                v = {"name": v}
+            if isinstance(v, str) and args[0] is DatasetConfig:
+                v = {"path": v}
+            items.append(_from_dict(args[0], v, f"{path}[{i}]"))
+        return items
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path) if len(inner) == 1 else value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        if tp is str and isinstance(value, (int, float)):
+            return str(value)
+        raise ConfigError(f"{path} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = typing.get_type_hints(cls)[f.name]
+        out.append(key)
+        if dataclasses.is_dataclass(tp):
+            out.extend(_all_keys(tp, key + "."))
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``a.b=value`` (value parsed as YAML); list items by index: ``data.0.path=x``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        parts = key.strip().split(".")
+        node: Any = data
+        for j, part in enumerate(parts):
+            last = j == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {key}: '{part}' is not an index of a list of {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+                continue
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {key}: '{part}' is not a section")
+    return data
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Relative paths written in a recipe are relative to the recipe's folder."""
+
+    def fix(node: Any, key: str) -> None:
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            path = Path(node[key]).expanduser()
+            if not path.is_absolute():
+                node[key] = str(base / path)
+
+    fix(data.get("model"), "path")
+    for item in data.get("data") or []:
+        fix(item, "path")
+    for item in data.get("reward") or []:
+        fix(item, "path")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {p} must be a mapping of sections (model, data, reward, ...)")
+        _resolve_paths(data, p.parent.resolve())
+    try:
+        data = apply_overrides(data, overrides or [])
+        cfg = _from_dict(Config, data, "")
+    except ConfigError as e:
+        if "unknown config key" in str(e):
+            bad = str(e).split("'")[1]
+            close = difflib.get_close_matches(bad, _all_keys(Config), n=1)
+            if close and "did you mean" not in str(e):
+                raise ConfigError(f"unknown config key '{bad}'; did you mean '{close[0]}'?") from None
+        raise
+    return cfg
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

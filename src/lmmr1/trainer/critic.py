@@ -1,0 +1,32 @@
+"""The value model for PPO/GAE: a copy of the policy's backbone with a scalar head.
+
+V(s_t) is read at the position that predicts completion token t, i.e. the state before the
+token is chosen — the same hidden states the policy's log-probs use (``completion_hidden``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmmr1.models.loader import LoadedModel
+from lmmr1.models.processor import PromptBatch
+from lmmr1.models.sequence import completion_hidden
+
+
+class Critic(nn.Module):
+    def __init__(self, lm: LoadedModel):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.lm_head.in_features
+        self.head = nn.Linear(hidden, 1, device=lm.device, dtype=torch.float32)
+        nn.init.zeros_(self.head.weight)  # start at V = 0: no made-up value estimates
+        nn.init.zeros_(self.head.bias)
+        lm.lm_head.requires_grad_(False)  # the LM head is unused by the critic
+
+    def values(self, prompts: PromptBatch, prompt_index, completion_ids, completion_mask) -> torch.Tensor:
+        h = completion_hidden(self.lm, prompts, prompt_index, completion_ids, completion_mask)
+        return self.head(h.float()).squeeze(-1) * completion_mask.to(h.device)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
