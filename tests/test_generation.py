@@ -40,9 +40,10 @@ def test_prompt_forward_matches_transformers_own_forward(loaded_vlm, mixed):
     assert (ours[valid] - ref[valid]).abs().max().item() < 1e-5
 
 
-def test_generation_logprobs_equal_teacher_forced_on_mixed_batch(loaded_vlm, mixed):
+@pytest.mark.parametrize("use_static", [True, False], ids=["static-kv", "hf-cache"])
+def test_generation_logprobs_equal_teacher_forced_on_mixed_batch(loaded_vlm, mixed, use_static):
     params = SamplingParams(n=3, max_new_tokens=20, temperature=1.0, seed=7, stop=["e"])
-    ro = sample(loaded_vlm, mixed, params)
+    ro = sample(loaded_vlm, mixed, params, use_static=use_static)
     assert ro.completion_ids.shape == (12, 20)
     assert ro.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     lengths = ro.lengths.tolist()
@@ -76,6 +77,13 @@ def test_one_dimensional_positions_would_drift_on_image_rows(loaded_vlm, mixed):
     assert (lp - ro.logprobs)[1][m[1]].abs().max() < 1e-5  # row 1 is text-only: positions agree
 
 
+def test_static_and_hf_decoders_sample_the_same_tokens(loaded_vlm, mixed):
+    a = sample(loaded_vlm, mixed, SamplingParams(n=2, max_new_tokens=10, seed=11, stop=["e"]), use_static=True)
+    b = sample(loaded_vlm, mixed, SamplingParams(n=2, max_new_tokens=10, seed=11, stop=["e"]), use_static=False)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert (a.logprobs - b.logprobs).abs().max() < 1e-5
+
+
 def test_seeded_sampling_is_reproducible_and_greedy_is_deterministic(loaded_vlm, mixed):
     a = sample(loaded_vlm, mixed, SamplingParams(n=2, max_new_tokens=6, seed=3))
     b = sample(loaded_vlm, mixed, SamplingParams(n=2, max_new_tokens=6, seed=3))
@@ -100,10 +108,11 @@ def test_vision_placeholder_tokens_are_never_generated(tiny_vlm, images):
         assert not (ro.completion_ids[ro.completion_mask > 0] == tok).any()
 
 
-def test_text_only_model_generation_and_logprobs(tiny_lm):
+@pytest.mark.parametrize("use_static", [True, False], ids=["static-kv", "hf-cache"])
+def test_text_only_model_generation_and_logprobs(tiny_lm, use_static):
     lm = load_model(tiny_lm)
     batch = lm.processor([user("What is 2 + 2?"), user("A much longer prompt that needs left padding here")])
-    ro = sample(lm, batch, SamplingParams(n=2, max_new_tokens=12, seed=0))
+    ro = sample(lm, batch, SamplingParams(n=2, max_new_tokens=12, seed=0, stop=["e"]), use_static=use_static)
     with torch.no_grad():
         lp, _ = completion_logprobs(lm, ro.prompts, ro.prompt_index, ro.completion_ids, ro.completion_mask)
     m = ro.completion_mask > 0
@@ -126,3 +135,25 @@ def test_sampling_params_validate():
         SamplingParams(n=0)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0)
+
+
+def test_shared_prefix_forward_equals_full_forward_values_and_gradients(tiny_vlm, images):
+    """Running each prompt once and fanning its KV cache out to the group is exact, gradients too."""
+    results = []
+    for shared in (True, False):
+        lm = load_model(tiny_vlm)
+        batch = lm.processor([user("How many?", images[0]), user("text only row"), user("two", images[1], images[2])])
+        ro = sample(lm, batch, SamplingParams(n=3, max_new_tokens=7, seed=5, stop=["e"]))
+        rows = torch.tensor([8, 0, 4, 1, 6, 3])  # shuffled rows from all groups, some prompts twice
+        lm.model.train()
+        lp, _ = completion_logprobs(lm, ro.prompts, ro.prompt_index[rows], ro.completion_ids[rows],
+                                    ro.completion_mask[rows], shared_prefix=shared)
+        (lp * ro.completion_mask[rows]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+        results.append((lp.detach(), grads, ro.logprobs[rows]))
+    (lp_s, g_s, ref), (lp_f, g_f, _) = results
+    torch.testing.assert_close(lp_s, lp_f, atol=1e-5, rtol=1e-5)
+    assert (lp_s - ref).abs().max() < 1e-5
+    assert g_s.keys() == g_f.keys() and any("visual" in k for k in g_s)  # the vision tower gets gradients too
+    for k in g_s:
+        torch.testing.assert_close(g_s[k], g_f[k], atol=1e-5, rtol=1e-4)

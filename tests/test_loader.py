@@ -42,6 +42,12 @@ def test_loader_supports_qwen2_vl(tmp_path, images):
     batch = lm.processor([user("count", images[0]), user("text only")])
     feats = lm.encode_images(batch)
     assert feats[0].shape[0] == int((batch.input_ids[0] == lm.image_token_id).sum()) and feats[1] is None
+    from lmmr1.rollout import SamplingParams, sample
+
+    ro = sample(lm, batch, SamplingParams(n=2, max_new_tokens=8, seed=0))
+    with torch.no_grad():
+        lp, _ = completion_logprobs(lm, ro.prompts, ro.prompt_index, ro.completion_ids, ro.completion_mask)
+    assert (lp - ro.logprobs)[ro.completion_mask > 0].abs().max() < 1e-5
 
 
 @pytest.mark.parametrize(

@@ -134,8 +134,11 @@ def test_config_errors_and_overrides(tmp_path, tiny_vlm):
         make_cfg(tmp_path, tiny_vlm, "rollout.n=1").validate()
     with pytest.raises(ConfigError, match="must divide"):
         make_cfg(tmp_path, tiny_vlm, "train.mini_batch_size=5").validate()
-    cfg = make_cfg(tmp_path, tiny_vlm, "algo.clip_high=0.28", "rollout.stop=['</answer>']")
+    cfg = make_cfg(tmp_path, tiny_vlm, "algo.clip_high=0.28", "rollout.stop=['</answer>']", "optim.lr=1e-6")
     assert cfg.algo.clip_high == 0.28 and cfg.rollout.stop == ["</answer>"]
+    assert cfg.optim.lr == 1e-6  # YAML 1.1 reads 1e-6 as a string; it must still be a float
+    with pytest.raises(ConfigError, match="optim.lr must be float"):
+        make_cfg(tmp_path, tiny_vlm, "optim.lr=fast")
     cfg = load_config(RECIPES / "smoke.yaml", ["data.0.prob=0.9"])
     assert cfg.data[0].prob == 0.9 and Path(cfg.data[0].path).is_absolute()  # relative to the recipe
 

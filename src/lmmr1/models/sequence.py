@@ -21,11 +21,16 @@ def completion_hidden(
     completion_mask: torch.Tensor,
     *,
     prompt_positions: torch.Tensor | None = None,
+    shared_prefix: bool | None = None,
 ) -> torch.Tensor:
     """Hidden states (N, T, H) at the positions that predict each completion token.
 
-    Image features are computed once per distinct prompt among the rows and shared by all its
-    samples (autograd sums their gradients), instead of once per sample.
+    Shared prefix (default when rows share prompts): the n samples of a group have the same
+    prompt, and a causal model's prompt states do not depend on what follows.  So each distinct
+    prompt (with its images) is run once, its KV cache is indexed out to the rows that continue
+    it (a differentiable gather, so gradients from every sample flow back into the one prompt
+    pass), and only the completion tokens are run per row: B*Lp + N*T tokens instead of
+    N*(Lp+T).  With activation checkpointing the plain full-sequence path is used.
     """
     dev = lm.device
     prompt_index = prompt_index.to(dev)
@@ -34,24 +39,39 @@ def completion_hidden(
     if prompt_positions is None:
         prompt_positions = lm.prompt_positions(prompts)
     prompt_positions = prompt_positions.to(dev)
+    T = completion_ids.shape[1]
+    Lp = prompts.input_ids.shape[1]
+
+    uniq, row_to_uniq = torch.unique(prompt_index, sorted=True, return_inverse=True)
+    if shared_prefix is None:
+        shared_prefix = len(uniq) < len(prompt_index) and not getattr(lm.base, "is_gradient_checkpointing", False)
+    feats = lm.encode_images(prompts, rows=uniq.tolist())
+
+    if shared_prefix:
+        u = uniq.tolist()
+        pos_p = prompt_positions[:, uniq]
+        img = [feats[p] for p in u if feats[p] is not None]
+        h_p, cache = lm.hidden_states(prompts.input_ids[uniq], prompts.attention_mask[uniq], pos_p,
+                                      torch.cat(img) if img else None, use_cache=True)
+        cache.batch_select_indices(row_to_uniq)  # every row gets its prompt's keys/values (with grad)
+        start = lm.next_positions(pos_p)[row_to_uniq]
+        pos_c = (start[None, :, None] + torch.arange(T, device=dev)[None, None, :]).expand(pos_p.shape[0], -1, -1)
+        attention_mask = torch.cat([prompts.attention_mask[prompt_index], (mask_c > 0).long()], dim=1)
+        h_c, _ = lm.hidden_states(completion_ids, attention_mask, pos_c, past_key_values=cache, use_cache=True)
+        # the last prompt state predicts completion token 0; completion state t predicts token t+1
+        return torch.cat([h_p[row_to_uniq, -1:], h_c[:, :-1]], dim=1)
 
     ids_p = prompts.input_ids[prompt_index]
     mask_p = prompts.attention_mask[prompt_index]
     pos_p = prompt_positions[:, prompt_index]
-    T = completion_ids.shape[1]
     start = lm.next_positions(pos_p)
-    pos_c = start[None, :, None] + torch.arange(T, device=dev)[None, None, :]
-    pos_c = pos_c.expand(pos_p.shape[0], -1, -1)
-
-    feats = lm.encode_images(prompts, rows=prompt_index.tolist())
+    pos_c = (start[None, :, None] + torch.arange(T, device=dev)[None, None, :]).expand(pos_p.shape[0], -1, -1)
     row_feats = [feats[p] for p in prompt_index.tolist() if feats[p] is not None]
     image_features = torch.cat(row_feats) if row_feats else None
-
     input_ids = torch.cat([ids_p, completion_ids], dim=1)
     attention_mask = torch.cat([mask_p, (mask_c > 0).long()], dim=1)
     position_ids = torch.cat([pos_p, pos_c], dim=2)
     hidden, _ = lm.hidden_states(input_ids, attention_mask, position_ids, image_features)
-    Lp = ids_p.shape[1]
     return hidden[:, Lp - 1 : Lp - 1 + T]  # position t predicts completion token t
 
 
@@ -66,10 +86,11 @@ def completion_logprobs(
     with_entropy: bool = False,
     prompt_positions: torch.Tensor | None = None,
     chunk_tokens: int = 2048,
+    shared_prefix: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(completion token) for rows ``prompt_index`` (shape (N, T)), and entropy if asked."""
     h = completion_hidden(lm, prompts, prompt_index, completion_ids, completion_mask,
-                          prompt_positions=prompt_positions)
+                          prompt_positions=prompt_positions, shared_prefix=shared_prefix)
     dev = h.device
     completion_ids = completion_ids.to(dev)
     valid = completion_mask.to(dev) > 0

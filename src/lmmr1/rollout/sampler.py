@@ -13,6 +13,7 @@ import torch
 
 from lmmr1.models.loader import LoadedModel
 from lmmr1.models.processor import PromptBatch
+from lmmr1.rollout.decode import HFDecoder, StaticDecoder, static_supported
 from lmmr1.rollout.types import Rollout, SamplingParams
 
 
@@ -32,8 +33,12 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
 
 
 @torch.no_grad()
-def sample(lm: LoadedModel, prompts: PromptBatch, params: SamplingParams) -> Rollout:
-    """Generate ``params.n`` completions for every prompt row of ``prompts``."""
+def sample(lm: LoadedModel, prompts: PromptBatch, params: SamplingParams, *, use_static: bool = True) -> Rollout:
+    """Generate ``params.n`` completions for every prompt row of ``prompts``.
+
+    ``use_static`` picks the static-KV decode path for supported decoders (see rollout/decode.py);
+    False forces the generic Hugging Face path.
+    """
     dev = lm.device
     prompts = prompts.to(dev)
     proc = lm.processor
@@ -61,14 +66,19 @@ def sample(lm: LoadedModel, prompts: PromptBatch, params: SamplingParams) -> Rol
             last = last.repeat_interleave(n, 0)
         attn = prompts.attention_mask.repeat_interleave(n, 0)
         next_pos = lm.next_positions(pos).repeat_interleave(n, 0)
-        n_ch = pos.shape[0]
+        if use_static and static_supported(lm):
+            decoder = StaticDecoder(lm, cache, attn, next_pos, pos.shape[0], T)
+        else:
+            decoder = HFDecoder(lm, cache, attn, next_pos, pos.shape[0])
+        del cache
 
         rows = B * n
         out_ids = torch.full((rows, T), proc.pad_token_id, dtype=torch.long, device=dev)
         out_lp = torch.zeros((rows, T), dtype=torch.float32, device=dev)
         out_mask = torch.zeros((rows, T), dtype=torch.float32, device=dev)
         reasons = ["length"] * rows
-        active = torch.arange(rows, device=dev)
+        active = torch.arange(rows, device=dev)  # output rows of the decoder's rows
+        alive = torch.ones(rows, dtype=torch.bool, device=dev)  # decoder rows still generating
         stop_ids = torch.tensor(sorted(proc.stop_token_ids), device=dev)
         stop_strings = [s for s in params.stop if s]
         tail_tokens = max((len(s) for s in stop_strings), default=0) + 2
@@ -80,32 +90,34 @@ def sample(lm: LoadedModel, prompts: PromptBatch, params: SamplingParams) -> Rol
                 tok = logits.argmax(-1)
             else:
                 filtered = _filter_top_k_top_p(logits / temp, params.top_k, params.top_p)
-                tok = torch.multinomial(torch.softmax(filtered, -1), 1, generator=gen).squeeze(-1)
-            out_ids[active, t] = tok
-            out_lp[active, t] = logp.gather(-1, tok[:, None]).squeeze(-1)
-            out_mask[active, t] = 1.0
+                # Gumbel-max: argmax(logits + Gumbel noise) is an exact sample of softmax(logits),
+                # one vectorised pass instead of torch.multinomial's per-row CDF search.
+                u = torch.rand(filtered.shape, generator=gen, device=dev).clamp_(min=1e-20)
+                tok = (filtered - torch.log(-torch.log(u))).argmax(-1)
+            live = active[alive]
+            out_ids[live, t] = tok[alive]
+            out_lp[live, t] = logp.gather(-1, tok[:, None]).squeeze(-1)[alive]
+            out_mask[live, t] = 1.0
 
-            done = torch.isin(tok, stop_ids)
+            done = torch.isin(tok, stop_ids) & alive
             if stop_strings:
-                for j, r in enumerate(active.tolist()):
+                for j in alive.nonzero().squeeze(-1).tolist():
                     if not done[j]:
+                        r = int(active[j])
                         tail = proc.decode(out_ids[r, max(0, t + 1 - tail_tokens) : t + 1].tolist())
                         done[j] = any(s in tail for s in stop_strings)
             for r in active[done].tolist():
                 reasons[r] = "stop"
-            if t == T - 1:
+            alive &= ~done
+            if t == T - 1 or not bool(alive.any()):
                 break
-            keep = ~done
-            if not bool(keep.any()):
-                break
-            if not bool(keep.all()):
-                idx = keep.nonzero().squeeze(-1)
-                cache.batch_select_indices(idx)
-                active, tok, attn, next_pos = active[idx], tok[idx], attn[idx], next_pos[idx]
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            step_pos = (next_pos + t).view(1, -1, 1).expand(n_ch, -1, 1)
-            hidden, cache = lm.hidden_states(tok[:, None], attn, step_pos, past_key_values=cache, use_cache=True)
-            last = hidden[:, -1]
+            # Drop finished rows from the batch once a quarter of it is dead (amortised copying);
+            # until then they decode padding that is never recorded.
+            if int(alive.sum()) <= 0.75 * len(alive):
+                idx = alive.nonzero().squeeze(-1)
+                decoder.select(idx)
+                active, tok, alive = active[idx], tok[idx], alive[idx]
+            last = decoder.step(tok, t)
     finally:
         lm.model.train(was_training)
 

@@ -208,6 +208,11 @@ def _coerce(tp, value: Any, path: str):
         return _coerce(inner[0], value, path) if len(inner) == 1 else value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp in (int, float) and isinstance(value, str):  # YAML 1.1 reads 1e-6 as a string
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be {tp.__name__}, got {value!r}") from None
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         if tp is str and isinstance(value, (int, float)):
             return str(value)

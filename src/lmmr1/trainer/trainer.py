@@ -347,6 +347,7 @@ class Trainer:
                 m[f"reward/by_source/{src}"] = sum(vals) / len(vals)
         m.update({
             "reward/error_rows": res.num_errors,
+            "prompt_length/mean": float(ro.prompts.attention_mask.sum(-1).float().mean()),
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "response/truncated_frac": sum(f == "length" for f in ro.finish_reasons) / ro.num_rows,
