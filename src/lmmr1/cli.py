@@ -80,12 +80,97 @@ def train_cmd(
     ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="YAML recipe (sections: model, data, reward, rollout, algo, optim, train).")],
 ) -> None:
-    """Train with RL. Extra arguments are dotted overrides, e.g. train.steps=20 algo.kl_coef=0.001."""
+    """Train (RL, SFT, or a multi-stage pipeline). Extra arguments are dotted overrides, e.g. train.steps=20."""
+    from lmmr1.pipeline import is_pipeline, run_pipeline
     from lmmr1.trainer.config import load_config
     from lmmr1.trainer.trainer import train
 
+    if is_pipeline(recipe):
+        run_pipeline(recipe, list(ctx.args), console)
+        return
     cfg = load_config(recipe, list(ctx.args))
     train(cfg, console)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Local HF checkpoint directory.")],
+    bench: Annotated[list[str], typer.Option("--bench", help="NAME=PATH of a benchmark file (repeatable).")],
+    n: Annotated[int, typer.Option(help="Samples per problem (pass@n).")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
+    system_prompt: Annotated[str, typer.Option(help="r1, r1_boxed, none, or custom text.")] = "r1",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N problems of each benchmark.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
+) -> None:
+    """Evaluate a model on benchmark files (MathVista, MathVerse, MathVision, DynaMath, LMM-R1 JSONL)."""
+    from rich.table import Table
+
+    from lmmr1.data.benchmarks import load_benchmark
+    from lmmr1.eval import EvalConfig, evaluate, write_results
+    from lmmr1.models import load_model
+
+    suites = {}
+    for item in bench:
+        if "=" not in item:
+            raise LmmR1Error(f"--bench {item!r} must look like NAME=PATH")
+        name, path = item.split("=", 1)
+        suites[name] = load_benchmark(path, name=name, system_prompt=system_prompt, limit=limit)
+    lm = load_model(model, dtype="auto", device="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    cfg = EvalConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    results = evaluate(lm, suites, cfg)
+    table = Table(title=f"lmmr1 eval: {model}")
+    for col in ("benchmark", "problems", "accuracy", "format rate", f"pass@{n}", "mean length"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for name, r in results.items():
+        table.add_row(name, str(r["problems"]), f"{r['accuracy']:.4f}", f"{r['format_rate']:.4f}",
+                      f"{r[f'pass@{n}']:.4f}", f"{r['mean_length']:.1f}")
+        for src, v in r["by_datasource"].items():
+            table.add_row(f"  {src}", "", f"{v:.4f}", "", "", "")
+    console.print(table)
+    if out is not None:
+        write_results({"model": str(model), "config": cfg.__dict__, "results": results}, out)
+        console.print(f"results: {out}")
+
+
+@app.command("report")
+def report_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (pipeline or single stage).")]) -> None:
+    """Rebuild report.html (curves, evaluation table, sample completions) from a run directory."""
+    from lmmr1.report import write_report
+
+    console.print(f"wrote {write_report(run_dir)}")
+
+
+data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def synth_cmd(
+    suite: Annotated[str, typer.Argument(help="arithmetic, counting or geometry.")],
+    out: Annotated[Path, typer.Option(help="Output folder (JSONL files + images/).")],
+    split: Annotated[str, typer.Option(help="train, val or test (disjoint, deterministic).")] = "train",
+    n: Annotated[int, typer.Option(help="Number of problems.")] = 1000,
+    modality: Annotated[str, typer.Option(help="text, image or both.")] = "both",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 112,
+    knob: Annotated[list[str] | None, typer.Option(help="Difficulty knob KEY=VALUE, e.g. max_operand=20.")] = None,
+) -> None:
+    """Write a synthetic verifiable task suite in the LMM-R1 format (text and image versions)."""
+    import yaml
+
+    from lmmr1.data.synth import write_suite
+
+    knobs = {}
+    for k in knob or []:
+        if "=" not in k:
+            raise LmmR1Error(f"--knob {k!r} must look like KEY=VALUE")
+        key, val = k.split("=", 1)
+        knobs[key] = yaml.safe_load(val)
+    written = write_suite(out, suite, split, n, modality, seed=seed, image_size=image_size, **knobs)
+    for mod, path in written.items():
+        console.print(f"{mod}: {path} ({sum(1 for _ in path.open())} problems)")
 
 
 @app.command("score")

@@ -47,6 +47,7 @@ class DatasetConfig:
     skip_invalid: bool = False
     max_pixels: int | None = None
     name: str | None = None
+    response_key: str = "response"  # SFT target (the assistant's reply)
 
 
 @dataclass
@@ -126,6 +127,7 @@ class TrainConfig:
 @dataclass
 class Config:
     output_dir: str = "runs/lmmr1"  # metrics, samples, checkpoints, final model
+    type: str = "rl"  # rl | sft (supervised fine-tuning on the data's response field)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: list[DatasetConfig] = field(default_factory=list)
     reward: list[RewardConfig] = field(default_factory=list)
@@ -141,6 +143,10 @@ class Config:
             raise ConfigError("model.path is required (a local HF checkpoint directory), or model.tiny: tiny|small")
         if not self.data:
             raise ConfigError("data: give at least one dataset (a list of {path: ...})")
+        if self.type not in ("rl", "sft"):
+            raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
+        if self.type == "sft":
+            return
         if not self.reward:
             raise ConfigError("reward: give at least one reward, e.g. [{name: accuracy}, {name: format}]")
         if self.algo.advantage not in ESTIMATORS:
@@ -268,6 +274,8 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
     def fix(node: Any, key: str) -> None:
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            if node[key].startswith("synth:"):  # a pipeline's generated data, resolved by the pipeline
+                return
             path = Path(node[key]).expanduser()
             if not path.is_absolute():
                 node[key] = str(base / path)

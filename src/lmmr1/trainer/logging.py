@@ -55,6 +55,9 @@ class MetricsLogger:
 
     def summary_line(self, m: dict[str, Any]) -> str:
         """One line per step: what a person watching the run needs."""
+        if "loss/sft" in m:
+            return (f"step {m['step']:>4} | sft loss {m['loss/sft']:.4f} | |g| {m['grad_norm']:.3f} | "
+                    f"lr {m['lr']:.2e} | {m['time/step_s']:.2f}s")
         parts = [f"step {m['step']:>4}", f"reward {m['reward/mean']:.3f}"]
         if "accuracy/mean" in m:
             parts.append(f"acc {m['accuracy/mean']:.3f}")

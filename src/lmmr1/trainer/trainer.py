@@ -99,11 +99,12 @@ class Trainer:
                                  freeze_vision=m.freeze_vision, lora=lora, **load_kw)
         self.processor = self.policy.processor
         a = cfg.algo
-        self.use_ref = a.kl_coef > 0 or a.kl_target is not None
+        self.sft = cfg.type == "sft"
+        self.use_ref = not self.sft and (a.kl_coef > 0 or a.kl_target is not None)
         self.ref = load_model(m.path, **load_kw) if self.use_ref else None
         if self.ref is not None:
             self.ref.model.requires_grad_(False).eval()
-        self.critic = Critic(load_model(m.path, **load_kw)) if a.advantage == "gae" else None
+        self.critic = Critic(load_model(m.path, **load_kw)) if a.advantage == "gae" and not self.sft else None
 
         # --- data and rewards
         self.datasets = []
@@ -117,7 +118,7 @@ class Trainer:
         probs = [d.prob for d in cfg.data]
         self.mixer = MixtureSampler([len(d) for d in self.datasets],
                                     None if all(p is None for p in probs) else [p or 0.0 for p in probs], seed=t.seed)
-        self.reward = CompositeReward([RewardSpec(**asdict(r)) for r in cfg.reward])
+        self.reward = None if self.sft else CompositeReward([RewardSpec(**asdict(r)) for r in cfg.reward])
 
         # --- optimisation
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
@@ -378,6 +379,60 @@ class Trainer:
         ]
         return m
 
+    # ------------------------------------------------------------------ supervised (cold start)
+    def sft_step(self) -> dict[str, Any]:
+        """One SFT step: token-mean NLL of the assistant response given the prompt (loss on the
+        response tokens only), computed by the same teacher-forced forward RL uses."""
+        t = self.cfg.train
+        t0 = time.perf_counter()
+        picks = self.mixer.take(t.prompts_per_step)
+        examples = [self.datasets[d][i] for d, i in picks]
+        targets = []
+        for (d, _), ex in zip(picks, examples, strict=True):
+            key = self.cfg.data[d].response_key
+            resp = ex.fields.get(key)
+            if not isinstance(resp, str) or not resp.strip():
+                raise LmmR1Error(f"{ex.source}: SFT needs field '{key}' (the assistant's reply); it is missing or empty")
+            targets.append(self.processor.encode_text(resp) + [self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")])
+        images = [ex.images(self.cfg.data[d].max_pixels) for (d, _), ex in zip(picks, examples, strict=True)]
+        prompts = self.processor([ex.messages for ex in examples], images=images,
+                                 row_names=[ex.source for ex in examples]).to(self.device)
+        T = max(len(x) for x in targets)
+        ids = torch.full((len(targets), T), self.processor.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(targets), T), dtype=torch.float32, device=self.device)
+        for i, x in enumerate(targets):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1.0
+        self.policy.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        n_tok = float(mask.sum())
+        rows = torch.arange(len(targets), device=self.device)
+        losses = []
+        for micro in _chunks(rows, t.micro_batch_size):
+            with self._amp():
+                lp, _ = completion_logprobs(self.policy, prompts, micro, ids[micro], mask[micro],
+                                           chunk_tokens=t.logprob_chunk_tokens)
+            loss = -(lp * mask[micro]).sum() / n_tok
+            loss.backward()
+            losses.append(float(loss.detach()))
+        params = [p for p in self.policy.model.parameters() if p.requires_grad]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+        skipped = 0
+        if torch.isfinite(gnorm) and all(math.isfinite(x) for x in losses):
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            skipped = 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= t.max_nonfinite_steps:
+                raise LmmR1Error(f"{self.nonfinite_in_a_row} SFT updates in a row were non-finite; stopping")
+        self.scheduler.step()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        return {"step": self.step, "loss/sft": sum(losses), "grad_norm": float(gnorm),
+                "lr": self.optimizer.param_groups[0]["lr"], "response_length/mean": n_tok / len(targets),
+                "skipped_updates": skipped, "time/step_s": dt, "tokens_per_s": n_tok / dt}
+
     # ------------------------------------------------------------------ checkpoints
     def _find_resume(self) -> Path | None:
         r = self.cfg.train.resume
@@ -444,11 +499,11 @@ class Trainer:
                 while self.step < t.steps:
                     if die_at and self.step + 1 == die_at:
                         os.kill(os.getpid(), signal.SIGKILL)
-                    m = self.train_step()
+                    m = self.sft_step() if self.sft else self.train_step()
                     samples = m.pop("_samples", [])
                     logger.log(m)
                     logger.log_samples(samples)
-                    if "reward/mean" in m:
+                    if "reward/mean" in m or "loss/sft" in m:
                         progress.console.print(logger.summary_line(m), highlight=False)
                     progress.update(task, completed=self.step)
                     last = m
@@ -458,7 +513,8 @@ class Trainer:
             self.policy.save_pretrained(self.out / "final")
         finally:
             logger.close()
-            self.reward.close()
+            if self.reward is not None:
+                self.reward.close()
         self.console.print(f"done: {self.step} steps; final model in {self.out / 'final'}")
         return last
 

@@ -1,0 +1,207 @@
+"""Synthetic verifiable task suites, each in a text version and an image version of the same problem.
+
+LMM-R1's FRE-Multi idea — the same reasoning problem given as text or rendered into an image —
+is made with PIL here (no Typst, no PyMuPDF).  Every problem has an exact answer and a worked
+solution in the ``<think>…</think><answer>…</answer>`` format (the ``response`` field, used by a
+cold-start SFT stage).  Splits are disjoint and deterministic: a problem belongs to the split that
+a hash of its content selects, so train and test never share a problem for any seed.
+
+Suites:
+- ``arithmetic``: ``a + b``, ``a - b``, ``a * b`` (knobs: ``max_operand``, ``ops``);
+- ``counting``: shapes on a canvas, "how many <colour> <shape>s" (knobs: ``max_count``, ``distractors``);
+- ``geometry``: a right triangle with labelled legs (Pythagorean triples), asking for the
+  hypotenuse or the area (knob: ``scale``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from lmmr1.errors import LmmR1Error
+
+SPLITS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
+COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60)}
+SHAPES = ("circle", "square")
+
+
+@dataclass
+class Problem:
+    key: str  # identity used for the split hash
+    question: str  # the text version's question
+    image_question: str  # the question asked next to the image version
+    answer: str
+    response: str  # worked solution for SFT
+    draw: Any = None  # callable(size) -> PIL image, for the image version
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_of(key: str) -> str:
+    u = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    for name, (lo, hi) in SPLITS.items():
+        if lo <= u < hi:
+            return name
+    return "test"
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def render_text(text: str, size: int = 112) -> Image.Image:
+    """The problem text drawn on a white canvas, large enough to read at the model's pixel budget."""
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    font_size = size // 3
+    while font_size > 8:
+        font = _font(font_size)
+        box = d.textbbox((0, 0), text, font=font)
+        if box[2] - box[0] <= size - 6:
+            break
+        font_size -= 2
+    w, h = box[2] - box[0], box[3] - box[1]
+    d.text(((size - w) / 2 - box[0], (size - h) / 2 - box[1]), text, fill="black", font=font)
+    return img
+
+
+# ------------------------------------------------------------------------------------------ suites
+def arithmetic(rng: random.Random, max_operand: int = 9, ops: str = "+-") -> Problem:
+    op = rng.choice(ops)
+    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+    if op == "-" and b > a:
+        a, b = b, a
+    val = {"+": a + b, "-": a - b, "*": a * b}[op]
+    expr = f"{a}{op}{b}"
+    return Problem(
+        key=f"arith:{expr}", question=f"What is {a} {op} {b}?", image_question="Solve the problem in the image.",
+        answer=str(val), response=f"<think>{a} {op} {b} = {val}</think><answer>{val}</answer>",
+        draw=lambda size: render_text(f"{a}{op}{b}", size), fields={"expression": expr},
+    )
+
+
+def counting(rng: random.Random, max_count: int = 5, distractors: int = 2) -> Problem:
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    count = rng.randint(1, max_count)
+    others = [(c, s) for c in COLORS for s in SHAPES if (c, s) != (color, shape)]
+    items = [(color, shape)] * count + [rng.choice(others) for _ in range(rng.randint(0, distractors))]
+    rng.shuffle(items)
+    cells = rng.sample(range(16), len(items))  # a 4x4 grid keeps shapes apart
+
+    def draw(size: int, items=tuple(items), cells=tuple(cells)) -> Image.Image:
+        img = Image.new("RGB", (size, size), "white")
+        d = ImageDraw.Draw(img)
+        step = size / 4
+        r = step * 0.36
+        for (c, s), cell in zip(items, cells, strict=True):
+            cx, cy = (cell % 4 + 0.5) * step, (cell // 4 + 0.5) * step
+            box = (cx - r, cy - r, cx + r, cy + r)
+            (d.ellipse if s == "circle" else d.rectangle)(box, fill=COLORS[c])
+        return img
+
+    desc = ", ".join(f"a {c} {s}" for c, s in items)
+    q = f"How many {color} {shape}s are there?"
+    return Problem(
+        key=f"count:{color}:{shape}:{'|'.join(f'{c}{s}{p}' for (c, s), p in zip(items, cells, strict=True))}",
+        question=f"The picture shows {desc}. {q}", image_question=q, answer=str(count),
+        response=f"<think>I count the {color} {shape}s: {count}.</think><answer>{count}</answer>",
+        draw=draw, fields={"color": color, "shape": shape},
+    )
+
+
+_TRIPLES = ((3, 4, 5), (6, 8, 10), (5, 12, 13), (8, 15, 17), (9, 12, 15), (12, 16, 20), (7, 24, 25))
+
+
+def geometry(rng: random.Random, scale: int = 4) -> Problem:
+    k = rng.randint(1, scale)
+    a, b, c = (x * k for x in rng.choice(_TRIPLES))
+    if rng.random() < 0.5:
+        a, b = b, a
+    ask = rng.choice(("hypotenuse", "area"))
+    ans = c if ask == "hypotenuse" else a * b // 2  # every leg pair of these triples has an even product
+
+    def draw(size: int, a=a, b=b) -> Image.Image:
+        img = Image.new("RGB", (size, size), "white")
+        d = ImageDraw.Draw(img)
+        m = size * 0.15
+        w, h = size - 2 * m, size - 2 * m
+        sx, sy = (w, h * b / a) if a >= b else (w * a / b, h)
+        p0, p1, p2 = (m, m + sy), (m + sx, m + sy), (m, m)
+        d.polygon([p0, p1, p2], outline="black", width=2)
+        font = _font(max(10, size // 8))
+        d.text(((p0[0] + p1[0]) / 2 - 6, p0[1] + 2), str(a), fill="black", font=font)
+        d.text((p0[0] - m * 0.9, (p0[1] + p2[1]) / 2 - 6), str(b), fill="black", font=font)
+        return img
+
+    what = "the hypotenuse" if ask == "hypotenuse" else "the area"
+    work = (f"{a}^2 + {b}^2 = {a * a + b * b} = {c}^2, so the hypotenuse is {c}" if ask == "hypotenuse"
+            else f"area = {a} * {b} / 2 = {ans}")
+    return Problem(
+        key=f"geo:{a}:{b}:{ask}", question=f"A right triangle has legs {a} and {b}. What is {what}?",
+        image_question=f"The right triangle in the image has its legs labelled. What is {what}?",
+        answer=str(ans), response=f"<think>{work}.</think><answer>{ans}</answer>", draw=draw,
+        fields={"ask": ask},
+    )
+
+
+SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry}
+
+
+def problems(suite: str, split: str, n: int, seed: int = 0, **knobs: Any) -> Iterator[Problem]:
+    """n distinct problems of ``split`` (fewer if the suite has fewer distinct problems)."""
+    if suite not in SUITES:
+        raise LmmR1Error(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if split not in SPLITS:
+        raise LmmR1Error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    rng = random.Random(f"{suite}:{seed}")
+    seen: set[str] = set()
+    misses = 0
+    while len(seen) < n and misses < 5000:  # 5000 draws in a row without a new problem: space exhausted
+        try:
+            p = SUITES[suite](rng, **knobs)
+        except TypeError as e:
+            raise LmmR1Error(f"suite {suite}: bad option ({e})") from e
+        if p.key in seen or _split_of(p.key) != split:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(p.key)
+        yield p
+
+
+def write_suite(out_dir: str | Path, suite: str, split: str, n: int, modality: str = "both", seed: int = 0,
+                image_size: int = 112, **knobs: Any) -> dict[str, Path]:
+    """Write ``{suite}_{split}_text.jsonl`` and/or ``{suite}_{split}_image.jsonl`` (+ PNGs) in LMM-R1 format."""
+    if modality not in ("text", "image", "both"):
+        raise LmmR1Error("modality must be text, image or both")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    probs = list(problems(suite, split, n, seed, **knobs))
+    written: dict[str, Path] = {}
+    for mod in (("text", "image") if modality == "both" else (modality,)):
+        path = out / f"{suite}_{split}_{mod}.jsonl"
+        img_dir = out / "images" / f"{suite}_{split}"
+        if mod == "image":
+            img_dir.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for i, p in enumerate(probs):
+                if mod == "text":
+                    content: Any = p.question
+                else:
+                    rel = f"images/{suite}_{split}/{i:05d}.png"
+                    p.draw(image_size).save(out / rel)
+                    content = [{"type": "image", "image": rel}, {"type": "text", "text": p.image_question}]
+                row = {"message": json.dumps([{"role": "user", "content": content}]), "answer": p.answer,
+                       "response": p.response, "datasource": f"{suite}_{mod}", **p.fields}
+                fh.write(json.dumps(row) + "\n")
+        written[mod] = path
+    return written

@@ -1,0 +1,96 @@
+"""A shortened multi-stage recipe end to end: stage hand-off, kill between/inside stages, summary and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from lmmr1.trainer import Trainer, load_config
+
+RECIPE = {
+    "output_dir": "OUT",
+    "model": {"tiny": "tiny"},
+    "synth": [{"suite": "arithmetic", "split": "train", "n": 40, "modality": "both"},
+              {"suite": "arithmetic", "split": "test", "n": 6, "modality": "both"}],
+    "eval": {"suites": {"arith_text": "synth:arithmetic_test_text", "arith_image": "synth:arithmetic_test_image"},
+             "system_prompt": "none", "max_new_tokens": 8},
+    "rollout": {"n": 2, "max_new_tokens": 8},
+    "optim": {"lr": 0.001},
+    "train": {"prompts_per_step": 4, "micro_batch_size": 8, "tensorboard": False, "num_threads": 2},
+    "reward": [{"name": "accuracy"}, {"name": "format"}],
+    "stages": [
+        {"name": "sft", "type": "sft", "data": [{"path": "synth:arithmetic_train_text", "system_prompt": "none"},
+                                                {"path": "synth:arithmetic_train_image", "system_prompt": "none"}],
+         "train": {"steps": 2}},
+        {"name": "fre", "data": [{"path": "synth:arithmetic_train_text", "system_prompt": "none"}],
+         "train": {"steps": 2}},
+        {"name": "mgt", "data": [{"path": "synth:arithmetic_train_image", "system_prompt": "none"}],
+         "train": {"steps": 3, "save_every": 2}},
+    ],
+}
+
+
+def run(recipe, env=None):
+    return subprocess.run([sys.executable, "-m", "lmmr1.cli", "train", str(recipe)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **(env or {})})
+
+
+def test_multi_stage_recipe_hand_off_resume_summary_report(tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(out)}))
+
+    # killed at the start of step 3, which only the last stage (mgt) reaches: sft and fre finish first
+    res = run(recipe, {"LMMR1_KILL_AT_STEP": "3"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert (out / "0_sft" / "STAGE_COMPLETE").exists() and (out / "1_fre" / "STAGE_COMPLETE").exists()
+    assert not (out / "2_mgt" / "STAGE_COMPLETE").exists()
+    assert (out / "2_mgt" / "checkpoints" / "step_000002" / "COMPLETE").exists()
+
+    res = run(recipe)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "stage 0 'sft' already complete" in res.stderr and "stage 1 'fre' already complete" in res.stderr
+    assert "resumed from" in res.stderr  # mgt continued from its step-2 checkpoint
+
+    # hand-off: each stage trained from the previous stage's final model
+    cfg1 = yaml.safe_load((out / "1_fre" / "config.yaml").read_text())
+    cfg2 = yaml.safe_load((out / "2_mgt" / "config.yaml").read_text())
+    assert cfg1["model"]["path"] == str(out / "0_sft" / "final")
+    assert cfg2["model"]["path"] == str(out / "1_fre" / "final")
+    assert cfg1["type"] == "rl" and yaml.safe_load((out / "0_sft" / "config.yaml").read_text())["type"] == "sft"
+    steps = [json.loads(x)["step"] for x in (out / "2_mgt" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and 3 in steps
+
+    summary = json.loads((out / "summary.json").read_text())
+    names = [s["name"] for s in summary["stages"]]
+    assert names == ["sft", "fre", "mgt"] and "sft" in names[0]
+    for st in summary["stages"]:
+        assert set(st["eval"]) == {"arith_text", "arith_image"}
+        for suite, r in st["eval"].items():
+            assert suite.endswith(("_text", "_image"))
+            assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format_rate"] <= 1.0
+    report = (out / "report.html").read_text()
+    assert "Held-out evaluation" in report and "<svg" in report and "Stage: mgt" in report
+
+    (out / "report.html").unlink()
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "report", str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and (out / "report.html").exists()
+
+
+def test_sft_stage_lowers_the_loss_on_response_tokens(tmp_path, tiny_vlm):
+    from lmmr1.data.synth import write_suite
+
+    data = write_suite(tmp_path / "data", "counting", "train", 64, "both")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'sft'}", f"model.path={tiny_vlm}", "type=sft",
+                             f"data=[{{path: {data['text']}, system_prompt: none}}, "
+                             f"{{path: {data['image']}, system_prompt: none}}]",
+                             "train.steps=25", "train.prompts_per_step=16", "train.micro_batch_size=8",
+                             "optim.lr=0.003", "train.tensorboard=false"])
+    Trainer(cfg).train()
+    losses = [json.loads(x)["loss/sft"] for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0], losses
