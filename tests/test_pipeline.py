@@ -94,3 +94,25 @@ def test_sft_stage_lowers_the_loss_on_response_tokens(tmp_path, tiny_vlm):
     Trainer(cfg).train()
     losses = [json.loads(x)["loss/sft"] for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_every_shipped_recipe_parses_and_validates():
+    from pathlib import Path
+
+    from lmmr1.pipeline import is_pipeline, load_pipeline, stage_configs
+
+    recipes = sorted((Path(__file__).resolve().parent.parent / "recipes").rglob("*.yaml"))
+    assert len(recipes) >= 8
+    for r in recipes:
+        if is_pipeline(r):
+            for _, cfg in stage_configs(load_pipeline(r)):
+                cfg.validate()
+        else:
+            load_config(r).validate()
+    paper = load_config(Path(__file__).resolve().parent.parent / "recipes/lmm_r1/fre_text.yaml")
+    assert (paper.algo.advantage, paper.algo.kl_coef, paper.algo.kl_estimator, paper.algo.kl_in_reward) == (
+        "reinforce_pp_baseline", 0.001, "k1", True)
+    assert (paper.rollout.n, paper.train.prompts_per_step, paper.rollout.temperature, paper.rollout.max_new_tokens) == (
+        16, 256, 1.0, 4096)
+    geo = load_config(Path(__file__).resolve().parent.parent / "recipes/lmm_r1/mgt_geo.yaml")
+    assert geo.algo.advantage == "gae" and geo.optim.lr == 4e-7

@@ -102,17 +102,19 @@ def run_synth(data: dict, root: Path, console: Console) -> None:
         suite, split = spec.pop("suite"), spec.pop("split", "train")
         n, modality = int(spec.pop("n", 100)), spec.pop("modality", "both")
         seed, size = int(spec.pop("seed", 0)), int(spec.pop("image_size", 112))
+        name = spec.pop("name", None) or suite
         if spec:
-            raise ConfigError(f"synth: unknown keys {sorted(spec)} (use suite, split, n, modality, seed, image_size, knobs)")
+            raise ConfigError(f"synth: unknown keys {sorted(spec)} "
+                              "(use suite, split, n, modality, seed, image_size, name, knobs)")
         mods = ("text", "image") if modality == "both" else (modality,)
-        if all((root / "data" / f"{suite}_{split}_{m}.jsonl").exists() for m in mods):
+        if all((root / "data" / f"{name}_{split}_{m}.jsonl").exists() for m in mods):
             continue
-        write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, **knobs)
+        write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, name=name, **knobs)
         console.print(f"synthesised {suite}/{split} ({n} problems, {modality}) into {root / 'data'}")
 
 
 def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: Console) -> dict:
-    from lmmr1.data import DataConfig, PromptDataset
+    from lmmr1.data.benchmarks import load_benchmark
     from lmmr1.eval import EvalConfig, evaluate
     from lmmr1.models import load_model
 
@@ -126,7 +128,7 @@ def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: C
     except TypeError as e:
         raise ConfigError(f"eval: {e} (keys: suites, system_prompt, n, temperature, top_p, max_new_tokens, "
                           "batch_size, seed, samples_per_suite)") from None
-    suites = {name: PromptDataset.load(DataConfig(path=_synth_path(path, root), system_prompt=system, name=name))
+    suites = {name: load_benchmark(_synth_path(path, root), name=name, system_prompt=system)
               for name, path in suites_spec.items()}
     lm = load_model(model_dir)
     results = evaluate(lm, suites, cfg)

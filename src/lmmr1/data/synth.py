@@ -179,8 +179,12 @@ def problems(suite: str, split: str, n: int, seed: int = 0, **knobs: Any) -> Ite
 
 
 def write_suite(out_dir: str | Path, suite: str, split: str, n: int, modality: str = "both", seed: int = 0,
-                image_size: int = 112, **knobs: Any) -> dict[str, Path]:
-    """Write ``{suite}_{split}_text.jsonl`` and/or ``{suite}_{split}_image.jsonl`` (+ PNGs) in LMM-R1 format."""
+                image_size: int = 112, name: str | None = None, **knobs: Any) -> dict[str, Path]:
+    """Write ``{name}_{split}_text.jsonl`` and/or ``{name}_{split}_image.jsonl`` (+ PNGs) in LMM-R1 format.
+
+    ``name`` defaults to the suite; with the same seed a smaller ``n`` gives a prefix of a larger one.
+    """
+    name = name or suite
     if modality not in ("text", "image", "both"):
         raise LmmR1Error("modality must be text, image or both")
     out = Path(out_dir)
@@ -188,8 +192,8 @@ def write_suite(out_dir: str | Path, suite: str, split: str, n: int, modality: s
     probs = list(problems(suite, split, n, seed, **knobs))
     written: dict[str, Path] = {}
     for mod in (("text", "image") if modality == "both" else (modality,)):
-        path = out / f"{suite}_{split}_{mod}.jsonl"
-        img_dir = out / "images" / f"{suite}_{split}"
+        path = out / f"{name}_{split}_{mod}.jsonl"
+        img_dir = out / "images" / f"{name}_{split}"
         if mod == "image":
             img_dir.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as fh:
@@ -197,7 +201,7 @@ def write_suite(out_dir: str | Path, suite: str, split: str, n: int, modality: s
                 if mod == "text":
                     content: Any = p.question
                 else:
-                    rel = f"images/{suite}_{split}/{i:05d}.png"
+                    rel = f"images/{name}_{split}/{i:05d}.png"
                     p.draw(image_size).save(out / rel)
                     content = [{"type": "image", "image": rel}, {"type": "text", "text": p.image_question}]
                 row = {"message": json.dumps([{"role": "user", "content": content}]), "answer": p.answer,
