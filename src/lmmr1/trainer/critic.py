@@ -22,7 +22,9 @@ class Critic(nn.Module):
         self.head = nn.Linear(hidden, 1, device=lm.device, dtype=torch.float32)
         nn.init.zeros_(self.head.weight)  # start at V = 0: no made-up value estimates
         nn.init.zeros_(self.head.bias)
-        lm.lm_head.requires_grad_(False)  # the LM head is unused by the critic
+        # The LM head is unused by the critic; with tied embeddings this also freezes the critic's
+        # input embeddings (its transformer blocks and value head still train).
+        lm.lm_head.requires_grad_(False)
 
     def values(self, prompts: PromptBatch, prompt_index, completion_ids, completion_mask) -> torch.Tensor:
         h = completion_hidden(self.lm, prompts, prompt_index, completion_ids, completion_mask)
