@@ -103,3 +103,15 @@ def test_cli_eval_writes_json(bench_files, tiny_vlm, tmp_path):
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     assert data["results"]["vision"]["problems"] == 2 and "accuracy" in res.stderr
+
+
+def test_benchmark_with_relative_path_and_relative_images(bench_files, monkeypatch):
+    """Regression: a relative benchmark path (as a pipeline with a relative output_dir gives)."""
+    monkeypatch.chdir(bench_files.parent)
+    ds = load_benchmark(f"{bench_files.name}/dynamath.json")
+    assert ds[0].images()[0].size == (40, 40)
+    from lmmr1.data.synth import write_suite
+
+    write_suite(bench_files / "synth", "counting", "test", 3, "image")
+    rel = f"{bench_files.name}/synth/counting_test_image.jsonl"
+    assert len(load_benchmark(rel)) == 3 and load_benchmark(rel)[0].images()[0].size == (112, 112)

@@ -97,6 +97,7 @@ def load_benchmark(path: str | Path, *, name: str | None = None, system_prompt: 
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"benchmark file {p} does not exist")
+    p = p.resolve()  # relative image paths are rewritten against this folder: it must be absolute
     rows, layout = [], None
     for where, row in _read_rows(p):
         if isinstance(row, Exception):
