@@ -108,15 +108,20 @@ def load_benchmark(path: str | Path, *, name: str | None = None, system_prompt: 
             break
     if not rows:
         raise DataError(f"{p}: no rows")
-    # Convert once into an LMM-R1 JSONL next to nothing the user owns; relative image paths are
-    # made absolute against the benchmark's folder first.
+    # Validate through the training-data path: write the converted rows to a temporary JSONL (relative
+    # image paths made absolute against the benchmark's folder; the loaded examples keep resolved
+    # image references, so the file is not needed afterwards).
     base = p if p.is_dir() else p.parent
-    tmp = Path(tempfile.mkdtemp(prefix="lmmr1_bench_")) / f"{p.stem}.jsonl"
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(_portable(row, base)) + "\n")
-    ds = PromptDataset.load(DataConfig(path=str(tmp), system_prompt=system_prompt, max_pixels=max_pixels,
-                                       name=name or p.stem))
+    with tempfile.TemporaryDirectory(prefix="lmmr1_bench_") as tmpdir:
+        tmp = Path(tmpdir) / f"{p.stem}.jsonl"
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(_portable(row, base)) + "\n")
+        try:
+            ds = PromptDataset.load(DataConfig(path=str(tmp), system_prompt=system_prompt, max_pixels=max_pixels,
+                                               name=name or p.stem))
+        except DataError as e:
+            raise DataError(str(e).replace(str(tmp), f"{p} ({layout})")) from None
     for ex in ds.examples:  # point locations at the user's file, not the converted copy
         ex.source = ex.source.replace(str(tmp), f"{p} ({layout})")
     return ds

@@ -388,12 +388,13 @@ class Trainer:
         picks = self.mixer.take(t.prompts_per_step)
         examples = [self.datasets[d][i] for d, i in picks]
         targets = []
+        end = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         for (d, _), ex in zip(picks, examples, strict=True):
             key = self.cfg.data[d].response_key
             resp = ex.fields.get(key)
             if not isinstance(resp, str) or not resp.strip():
                 raise LmmR1Error(f"{ex.source}: SFT needs field '{key}' (the assistant's reply); it is missing or empty")
-            targets.append(self.processor.encode_text(resp) + [self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")])
+            targets.append(self.processor.encode_text(resp) + [end])
         images = [ex.images(self.cfg.data[d].max_pixels) for (d, _), ex in zip(picks, examples, strict=True)]
         prompts = self.processor([ex.messages for ex in examples], images=images,
                                  row_names=[ex.source for ex in examples]).to(self.device)
