@@ -29,6 +29,22 @@ def test_answers_are_exact():
         assert listed.count(target) == int(p.answer)
 
 
+def test_counting_grid_places_one_shape_per_cell():
+    """With grid=3 on an 84-pixel canvas every shape sits in its own 28-pixel cell (one merged
+    vision token per cell); the picture holds exactly the counted shapes when there are no distractors."""
+    from lmmr1.data.synth import COLORS
+
+    for p in problems("counting", "train", 20, max_count=6, distractors=0, grid=3):
+        img = p.draw(84).convert("RGB")
+        rgb = COLORS[p.fields["color"]]
+        filled = [cy * 3 + cx for cy in range(3) for cx in range(3) if img.getpixel((cx * 28 + 14, cy * 28 + 14)) == rgb]
+        assert len(filled) == int(p.answer)
+        assert all(img.getpixel((cx * 28 + 1, cy * 28 + 1)) == (255, 255, 255) for cy in range(3) for cx in range(3))
+        assert p.key.startswith("count:g3:")  # a different grid is a different problem
+    with pytest.raises(LmmR1Error, match="must fit the 2x2 grid"):
+        next(problems("counting", "train", 1, max_count=4, distractors=1, grid=2))
+
+
 def test_splits_are_disjoint_and_deterministic():
     for suite in ("arithmetic", "counting", "geometry"):
         train = {p.key for p in problems(suite, "train", 300)}

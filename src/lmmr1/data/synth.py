@@ -8,7 +8,8 @@ a hash of its content selects, so train and test never share a problem for any s
 
 Suites:
 - ``arithmetic``: ``a + b``, ``a - b``, ``a * b`` (knobs: ``max_operand``, ``ops``);
-- ``counting``: shapes on a canvas, "how many <colour> <shape>s" (knobs: ``max_count``, ``distractors``);
+- ``counting``: shapes on a canvas, "how many <colour> <shape>s" (knobs: ``max_count``, ``distractors``,
+  ``grid``: shapes sit in the cells of a grid x grid layout);
 - ``geometry``: a right triangle with labelled legs (Pythagorean triples), asking for the
   hypotenuse or the area (knob: ``scale``).
 """
@@ -89,21 +90,24 @@ def arithmetic(rng: random.Random, max_operand: int = 9, ops: str = "+-") -> Pro
     )
 
 
-def counting(rng: random.Random, max_count: int = 5, distractors: int = 2) -> Problem:
+def counting(rng: random.Random, max_count: int = 5, distractors: int = 2, grid: int = 4) -> Problem:
+    if grid < 1 or max_count < 1 or distractors < 0 or max_count + distractors > grid * grid:
+        raise LmmR1Error(f"counting: max_count ({max_count}) + distractors ({distractors}) must fit the "
+                         f"{grid}x{grid} grid (at most {grid * grid} shapes), max_count >= 1")
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
     count = rng.randint(1, max_count)
     others = [(c, s) for c in COLORS for s in SHAPES if (c, s) != (color, shape)]
     items = [(color, shape)] * count + [rng.choice(others) for _ in range(rng.randint(0, distractors))]
     rng.shuffle(items)
-    cells = rng.sample(range(16), len(items))  # a 4x4 grid keeps shapes apart
+    cells = rng.sample(range(grid * grid), len(items))  # one shape per grid cell keeps shapes apart
 
     def draw(size: int, items=tuple(items), cells=tuple(cells)) -> Image.Image:
         img = Image.new("RGB", (size, size), "white")
         d = ImageDraw.Draw(img)
-        step = size / 4
+        step = size / grid
         r = step * 0.36
         for (c, s), cell in zip(items, cells, strict=True):
-            cx, cy = (cell % 4 + 0.5) * step, (cell // 4 + 0.5) * step
+            cx, cy = (cell % grid + 0.5) * step, (cell // grid + 0.5) * step
             box = (cx - r, cy - r, cx + r, cy + r)
             (d.ellipse if s == "circle" else d.rectangle)(box, fill=COLORS[c])
         return img
@@ -111,7 +115,7 @@ def counting(rng: random.Random, max_count: int = 5, distractors: int = 2) -> Pr
     desc = ", ".join(f"a {c} {s}" for c, s in items)
     q = f"How many {color} {shape}s are there?"
     return Problem(
-        key=f"count:{color}:{shape}:{'|'.join(f'{c}{s}{p}' for (c, s), p in zip(items, cells, strict=True))}",
+        key=f"count:{'' if grid == 4 else f'g{grid}:'}{color}:{shape}:{'|'.join(f'{c}{s}{p}' for (c, s), p in zip(items, cells, strict=True))}",
         question=f"The picture shows {desc}. {q}", image_question=q, answer=str(count),
         response=f"<think>I count the {color} {shape}s: {count}.</think><answer>{count}</answer>",
         draw=draw, fields={"color": color, "shape": shape},
