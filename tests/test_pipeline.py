@@ -116,3 +116,25 @@ def test_every_shipped_recipe_parses_and_validates():
         16, 256, 1.0, 4096)
     geo = load_config(Path(__file__).resolve().parent.parent / "recipes/lmm_r1/mgt_geo.yaml")
     assert geo.algo.advantage == "gae" and geo.optim.lr == 4e-7
+
+
+def test_main_job_demo_recipe_runs_shrunk(tmp_path):
+    """The README's main job (python -m lmmr1.demo on recipes/demo_cpu.yaml), shrunk by dotted
+    overrides: the shipped recipe synthesises its data, runs all three stages and prints the table."""
+    out = tmp_path / "demo"
+    shrink = ["synth.0.n=24", "synth.1.n=4", "eval.batch_size=8", "rollout.n=2", "train.prompts_per_step=4",
+              "stages.0.train.steps=2", "stages.0.train.prompts_per_step=4", "stages.1.train.steps=1",
+              "stages.2.train.steps=1"]
+    res = subprocess.run([sys.executable, "-m", "lmmr1.demo", "--out", str(out), *shrink], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "held-out accuracy after each stage" in res.stdout and "mgt_image_rl" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["sft_cold_start", "fre_text_rl", "mgt_image_rl"]
+    assert all(set(s["eval"]) == {"counting_text", "counting_image"} for s in summary["stages"])
+    assert all(r["problems"] == 4 for s in summary["stages"] for r in s["eval"].values())
+    from PIL import Image
+
+    pic = sorted((out / "data" / "images").rglob("*.png"))[0]
+    assert Image.open(pic).size == (84, 84)  # the 3x3 grid at one vision token per cell
+    assert (out / "report.html").exists()
