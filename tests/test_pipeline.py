@@ -81,6 +81,19 @@ def test_multi_stage_recipe_hand_off_resume_summary_report(tmp_path):
                          timeout=120)
     assert res.returncode == 0 and (out / "report.html").exists()
 
+    # --compare tabulates another run next to this one (here: the mgt stage's own directory as a run)
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "report", str(out), "--compare", str(out / "2_mgt")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    report = (out / "report.html").read_text()
+    compared = report.split("<h2>Compared runs</h2>")[1].split("</table>")[0]
+    assert compared.count("<tr>") == 1 + 3 + 1  # header, run / sft fre mgt, 2_mgt / 2_mgt
+    mgt_acc = f"{summary['stages'][2]['eval']['arith_image']['accuracy']:.3f}"  # suites sorted: image first
+    assert f"<td>run / mgt</td><td>{mgt_acc}</td>" in compared and "<td>2_mgt / 2_mgt</td>" in compared
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "report", str(out), "--compare", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "nope is not an lmmr1 run directory" in res.stderr
+
 
 def test_sft_stage_lowers_the_loss_on_response_tokens(tmp_path, tiny_vlm):
     from lmmr1.data.synth import write_suite

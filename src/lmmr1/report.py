@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,28 +65,47 @@ def _stage_dirs(root: Path) -> list[tuple[str, Path, dict]]:
     raise LmmR1Error(f"{root} is not an lmmr1 run directory (no summary.json or metrics.jsonl)")
 
 
-def write_report(root: str | Path) -> Path:
-    root = Path(root)
-    stages = _stage_dirs(root)
-    parts = [f"<h1>lmmr1 run: {html.escape(str(root))}</h1>"]
-    # evaluation table: stages x suites
+def _stage_evals(stages: list[tuple[str, Path, dict]]) -> list[tuple[str, dict]]:
     evals = []
     for name, sdir, st in stages:
         ev = st.get("eval") or {}
         if not ev and (sdir / "eval.json").exists():
             ev = json.loads((sdir / "eval.json").read_text())
         evals.append((name, ev))
-    suites = sorted({s for _, ev in evals for s in ev})
-    if suites:
-        parts.append("<h2>Held-out evaluation</h2><table><tr><th>stage</th>"
-                     + "".join(f"<th>{html.escape(s)}<br>accuracy</th><th>format</th>" for s in suites) + "</tr>")
-        for name, ev in evals:
-            cells = "".join(
-                f"<td>{ev[s]['accuracy']:.3f}</td><td>{ev[s]['format_rate']:.3f}</td>" if s in ev else "<td>-</td><td>-</td>"
-                for s in suites)
-            parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
-        parts.append("</table><p class='note'>accuracy = the accuracy reward alone (never mixed with the format "
-                     "bonus); greedy decoding unless the recipe says otherwise.</p>")
+    return evals
+
+
+def _eval_table(rows: list[tuple[str, dict]], first_header: str) -> list[str]:
+    """Stages (or run/stage pairs) x suites: accuracy and format rate."""
+    suites = sorted({s for _, ev in rows for s in ev})
+    if not suites:
+        return []
+    parts = [f"<table><tr><th>{html.escape(first_header)}</th>"
+             + "".join(f"<th>{html.escape(s)}<br>accuracy</th><th>format</th>" for s in suites) + "</tr>"]
+    for name, ev in rows:
+        cells = "".join(
+            f"<td>{ev[s]['accuracy']:.3f}</td><td>{ev[s]['format_rate']:.3f}</td>" if s in ev else "<td>-</td><td>-</td>"
+            for s in suites)
+        parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def write_report(root: str | Path, compare: Sequence[str | Path] = ()) -> Path:
+    """Write ``root/report.html``; ``compare`` adds a table of other runs' evaluations (e.g. the
+    direct SFT -> MGT run next to SFT -> FRE -> MGT), stage by stage, on the same suites."""
+    root = Path(root)
+    stages = _stage_dirs(root)
+    others = [(Path(c), _stage_dirs(Path(c))) for c in compare]  # fail before writing anything
+    parts = [f"<h1>lmmr1 run: {html.escape(str(root))}</h1>"]
+    table = _eval_table(_stage_evals(stages), "stage")
+    if table:
+        parts += ["<h2>Held-out evaluation</h2>", *table,
+                  "<p class='note'>accuracy = the accuracy reward alone (never mixed with the format "
+                  "bonus); greedy decoding unless the recipe says otherwise.</p>"]
+    if others:
+        rows = [(f"{run.name} / {name}", ev) for run, st in [(root, stages), *others] for name, ev in _stage_evals(st)]
+        parts += ["<h2>Compared runs</h2>", *_eval_table(rows, "run / stage")]
     for name, sdir, st in stages:
         rows = _read_jsonl(sdir / "metrics.jsonl")
         parts.append(f"<h2>Stage: {html.escape(name)}</h2>")
