@@ -2,7 +2,7 @@
 
 Builds a tiny Qwen2.5-VL offline, synthesises counting problems as text and as pictures, then runs
 cold-start SFT -> FRE (text RL) -> MGT (image RL), evaluating held-out text and image suites after
-every stage, and writes summary.json and report.html.  About 7.5 minutes on 2 cores.
+every stage, and writes summary.json and report.html.  About 12 minutes on 2 cores.
 """
 
 from __future__ import annotations
