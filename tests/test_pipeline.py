@@ -94,6 +94,14 @@ def test_multi_stage_recipe_hand_off_resume_summary_report(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "nope is not an lmmr1 run directory" in res.stderr
 
+    # an edited recipe does not silently reuse a finished stage's results
+    edited = {**RECIPE, "output_dir": str(out)}
+    edited["stages"] = [dict(st) for st in RECIPE["stages"]]
+    edited["stages"][1] = {**edited["stages"][1], "train": {"steps": 5}}
+    recipe.write_text(yaml.safe_dump(edited))
+    res = run(recipe)
+    assert res.returncode == 2 and "stage 'fre'" in res.stderr and "changed: train" in res.stderr, res.stderr[-2000:]
+
 
 def test_sft_stage_lowers_the_loss_on_response_tokens(tmp_path, tiny_vlm):
     from lmmr1.data.synth import write_suite
@@ -151,3 +159,20 @@ def test_main_job_demo_recipe_runs_shrunk(tmp_path):
     pic = sorted((out / "data" / "images").rglob("*.png"))[0]
     assert Image.open(pic).size == (84, 84)  # the 3x3 grid at one vision token per cell
     assert (out / "report.html").exists()
+
+
+def test_synth_files_are_remade_when_their_spec_changes(tmp_path):
+    from rich.console import Console
+
+    from lmmr1.pipeline import run_synth
+
+    def spec(n):
+        return {"synth": [{"suite": "counting", "split": "test", "n": n, "modality": "text"}]}
+
+    path = tmp_path / "data" / "counting_test_text.jsonl"
+    run_synth(spec(3), tmp_path, Console(quiet=True))
+    first = path.stat().st_mtime_ns
+    run_synth(spec(3), tmp_path, Console(quiet=True))  # same spec: reused
+    assert path.stat().st_mtime_ns == first and len(path.read_text().splitlines()) == 3
+    run_synth(spec(5), tmp_path, Console(quiet=True))  # changed spec: remade
+    assert len(path.read_text().splitlines()) == 5

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from lmmr1.trainer.config import Config, ConfigError, _from_dict, _resolve_paths, apply_overrides
+from lmmr1.trainer.config import Config, ConfigError, _from_dict, _resolve_paths, apply_overrides, to_dict
 
 PIPELINE_KEYS = ("stages", "synth", "eval")
 
@@ -107,15 +107,21 @@ def run_synth(data: dict, root: Path, console: Console) -> None:
             raise ConfigError(f"synth: unknown keys {sorted(spec)} "
                               "(use suite, split, n, modality, seed, image_size, name, knobs)")
         mods = ("text", "image") if modality == "both" else (modality,)
-        if all((root / "data" / f"{name}_{split}_{m}.jsonl").exists() for m in mods):
+        # files from an earlier invocation are reused only if they were made from the same spec
+        stamp = root / "data" / f"{name}_{split}.synth.json"
+        made_from = json.dumps({"suite": suite, "n": n, "modality": modality, "seed": seed, "image_size": size,
+                                "knobs": knobs}, sort_keys=True)
+        if (stamp.exists() and stamp.read_text() == made_from
+                and all((root / "data" / f"{name}_{split}_{m}.jsonl").exists() for m in mods)):
             continue
         write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, name=name, **knobs)
+        stamp.write_text(made_from)
         console.print(f"synthesised {suite}/{split} ({n} problems, {modality}) into {root / 'data'}")
 
 
 def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: Console) -> dict:
     from lmmr1.data.benchmarks import load_benchmark
-    from lmmr1.eval import EvalConfig, evaluate
+    from lmmr1.eval import EvalConfig, evaluate, write_results
     from lmmr1.models import load_model
 
     spec = dict(data.get("eval") or {})
@@ -132,11 +138,35 @@ def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: C
               for name, path in suites_spec.items()}
     lm = load_model(model_dir)
     results = evaluate(lm, suites, cfg)
-    out_file.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    write_results(results, out_file)
     for name, r in results.items():
         console.print(f"  eval {name}: accuracy {r['accuracy']:.3f}  format {r['format_rate']:.3f}  "
                       f"len {r['mean_length']:.1f}")
     return results
+
+
+def _comparable(d: dict) -> dict:
+    """A stage config minus what legitimately differs between invocations of the same run."""
+    d = copy.deepcopy(d)
+    d.pop("output_dir", None)
+    d["model"].pop("path", None), d["model"].pop("tiny", None)
+    d["train"].pop("resume", None)
+    for ds in d.get("data") or []:
+        ds["path"] = str(Path(ds["path"]).resolve())
+    return d
+
+
+def _check_finished_stage(name: str, cfg: Config, sdir: Path) -> None:
+    """A finished stage is skipped only if the recipe still asks for the same stage: after an edit
+    of the recipe (or a new version of it) reusing output_dir would silently report old results."""
+    saved = sdir / "config.yaml"
+    if not saved.exists():
+        return
+    old, new = _comparable(yaml.safe_load(saved.read_text())), _comparable(to_dict(cfg))
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ConfigError(f"stage '{name}' in {sdir} finished with a different config (changed: "
+                          f"{', '.join(changed)}); use a new output_dir, or delete {sdir.parent} to start over")
 
 
 def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console: Console | None = None) -> dict:
@@ -168,6 +198,7 @@ def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console
         sdir = Path(cfg.output_dir)
         marker = sdir / "STAGE_COMPLETE"
         if marker.exists():
+            _check_finished_stage(name, cfg, sdir)
             console.print(f"[dim]stage {i} '{name}' already complete; skipping[/]")
         else:
             console.rule(f"stage {i}: {name} ({cfg.type})")
