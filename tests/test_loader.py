@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -130,3 +131,92 @@ def test_lora_trains_adapters_only_and_saves_merged_checkpoint(tiny_vlm, tmp_pat
     with torch.no_grad():
         lp_merged, _ = completion_logprobs(merged, batch, idx, comp, mask)
     torch.testing.assert_close(lp_merged, lp_lora, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_forward_backward_emits_no_future_warning(tiny_vlm, images):
+    """Regression: transformers 5 deprecated ``is_gradient_checkpointing``; lmmr1 read it (and so
+    printed a FutureWarning) on every training forward, and peft read it on every LoRA load."""
+    pytest.importorskip("peft")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for lora in (None, LoraOptions(r=2)):
+            lm = load_model(tiny_vlm, gradient_checkpointing=True, lora=lora)
+            assert lm.activation_checkpointing
+            lm.model.train()
+            batch = lm.processor([user("a", images[0]), user("b c")])
+            lp, _ = completion_logprobs(lm, batch, torch.tensor([0, 0, 1]), torch.tensor([[5, 6], [7, 8], [9, 10]]),
+                                        torch.ones(3, 2))
+            lp.sum().backward()
+    future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert future == []
+    assert not load_model(tiny_vlm).activation_checkpointing
+
+
+def _lora_leaf_names(lm):
+    return {n.rsplit(".", 1)[1] for n, mod in lm.model.named_modules() if hasattr(mod, "lora_A") and "." in n}
+
+
+def test_lora_target_modules_and_dropout_are_respected(tiny_vlm, tiny_lm):
+    pytest.importorskip("peft")
+    lm = load_model(tiny_vlm, lora=LoraOptions(r=2, dropout=0.1, target_modules=("q_proj", "down_proj")))
+    assert _lora_leaf_names(lm) == {"q_proj", "down_proj"}
+    assert not any("visual" in n for n, mod in lm.model.named_modules() if hasattr(mod, "lora_A"))
+    assert lm.model.peft_config["default"].lora_dropout == 0.1
+    q = lm.language_model.layers[0].self_attn.q_proj
+    assert q.lora_dropout["default"].p == 0.1
+    text = load_model(tiny_lm, lora=LoraOptions(r=2, target_modules=("v_proj",)))
+    assert _lora_leaf_names(text) == {"v_proj"}
+    assert load_model(tiny_lm, lora=LoraOptions(r=2)).model.peft_config["default"].lora_dropout == 0.0
+
+
+def test_unknown_lora_target_module_is_one_line_naming_the_valid_modules(tiny_vlm):
+    pytest.importorskip("peft")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(tiny_vlm, lora=LoraOptions(r=2, target_modules=("q_proj", "qkv")))
+    msg = str(e.value)
+    assert "\n" not in msg and "'qkv' is not a linear layer of the language model" in msg
+    assert "choose from down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in msg
+    with pytest.raises(ModelLoadError, match="LoRA dropout must be in"):
+        load_model(tiny_vlm, lora=LoraOptions(r=2, dropout=1.0))
+
+
+def test_lora_adapter_only_save_loads_with_peft_and_gives_the_same_logits(tiny_vlm, tmp_path, images):
+    peft = pytest.importorskip("peft")
+    lm = load_model(tiny_vlm, lora=LoraOptions(r=4, alpha=8, target_modules=("q_proj", "v_proj", "up_proj")))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in lm.model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.2)  # lora_B starts at 0: move it so the adapter matters
+    batch = lm.processor([user("a", images[0]), user("b")])
+    comp, mask, idx = torch.tensor([[5, 6], [7, 8]]), torch.ones(2, 2), torch.tensor([0, 1])
+    lm.model.eval()
+    with torch.no_grad():
+        lp_lora, _ = completion_logprobs(lm, batch, idx, comp, mask)
+    lm.save_pretrained(tmp_path / "a", lora_save="adapter")
+    files = {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
+    assert "config.json" not in files and not any(f.startswith("model") for f in files)
+    adapter_mb = (tmp_path / "a" / "adapter_model.safetensors").stat().st_size
+    base = load_model(tiny_vlm)
+    with torch.no_grad():
+        lp_base, _ = completion_logprobs(base, batch, idx, comp, mask)
+    assert (lp_base - lp_lora).abs().max() > 1e-3  # the adapter changes the model
+    with warnings.catch_warnings():  # peft itself reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        base.model = peft.PeftModel.from_pretrained(base.model, tmp_path / "a").eval()
+    with torch.no_grad():
+        lp_loaded, _ = completion_logprobs(base, batch, idx, comp, mask)
+    torch.testing.assert_close(lp_loaded, lp_lora, rtol=1e-5, atol=1e-6)
+    # the adapter-only folder is not a checkpoint: one line naming the base model
+    with pytest.raises(ModelLoadError, match=f"holds a LoRA adapter only.*base model {tiny_vlm}"):
+        load_model(tmp_path / "a")
+    # both: merged checkpoint in the folder, the adapter beside it
+    lm.save_pretrained(tmp_path / "b", lora_save="both")
+    assert (tmp_path / "b" / "adapter" / "adapter_model.safetensors").stat().st_size == adapter_mb
+    merged = load_model(tmp_path / "b")
+    with torch.no_grad():
+        lp_merged, _ = completion_logprobs(merged, batch, idx, comp, mask)
+    torch.testing.assert_close(lp_merged, lp_lora, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelLoadError, match="lora_save='adaptor' is not valid"):
+        lm.save_pretrained(tmp_path / "c", lora_save="adaptor")

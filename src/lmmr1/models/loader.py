@@ -10,6 +10,7 @@ in both passes and rollout log-probs match training log-probs to float precision
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,16 @@ from lmmr1.models.processor import ChatProcessor, PromptBatch
 VLM_TYPES = ("qwen2_5_vl", "qwen2_vl")
 TEXT_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_SAVE_MODES = ("merged", "adapter", "both")
 
 
 @dataclass
 class LoraOptions:
-    """LoRA on the language model's linear layers (the vision tower is left as is)."""
+    """LoRA on the language model's linear layers (the vision tower is left as is).
+
+    ``target_modules`` are leaf names of the language model's linear layers (``q_proj``, ...);
+    a name that matches no layer is an error rather than silently training fewer adapters.
+    """
 
     r: int = 8
     alpha: int = 16
@@ -51,6 +57,19 @@ class LoadedModel:
         """The transformers model (LoRA layers, if any, are injected into it in place)."""
         m = self.model
         return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether activation (gradient) checkpointing is on.
+
+        Reads ``is_activation_checkpointing`` (transformers >= 5); the older
+        ``is_gradient_checkpointing`` name is read only where the new one is missing, because in
+        transformers 5 it prints a FutureWarning on every access (every training forward).
+        """
+        base = self.base
+        if hasattr(type(base), "is_activation_checkpointing"):
+            return bool(base.is_activation_checkpointing)
+        return bool(getattr(base, "is_gradient_checkpointing", False))
 
     @property
     def is_multimodal(self) -> bool:
@@ -198,12 +217,28 @@ class LoadedModel:
         ent = (torch.cat(ents) if ents else hidden.new_zeros(0, dtype=torch.float32)) if with_entropy else None
         return lp, ent
 
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        """HF-format safetensors (LoRA merged into a copy) + processor files: loadable as-is."""
+    def save_pretrained(self, out_dir: str | Path, lora_save: str = "merged") -> None:
+        """HF-format safetensors + processor files.
+
+        ``lora_save`` applies to LoRA models only: ``merged`` (LoRA merged into a copy: a full
+        checkpoint loadable as-is), ``adapter`` (PEFT's adapter_model.safetensors +
+        adapter_config.json, loadable with ``peft.PeftModel.from_pretrained`` on the base
+        model: megabytes instead of the whole model), or ``both`` (merged in ``out_dir``, the
+        adapter in ``out_dir/adapter``).  A model without LoRA is always saved whole.
+        """
+        if lora_save not in LORA_SAVE_MODES:
+            raise ModelLoadError(f"lora_save={lora_save!r} is not valid (choose from {', '.join(LORA_SAVE_MODES)})")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model = self.model
-        if hasattr(model, "merge_and_unload"):
+        is_lora = hasattr(model, "merge_and_unload")
+        if is_lora and lora_save in ("adapter", "both"):
+            adapter_dir = out if lora_save == "adapter" else out / "adapter"
+            model.save_pretrained(adapter_dir)
+            self.processor.save_pretrained(adapter_dir)
+            if lora_save == "adapter":
+                return
+        if is_lora:
             import copy
 
             model = copy.deepcopy(model).merge_and_unload()
@@ -221,6 +256,12 @@ def _read_config(path: Path) -> dict:
     if not path.is_dir():
         raise ModelLoadError(f"{path} is a file; pass the checkpoint *directory* that holds config.json")
     cfg_file = path / "config.json"
+    if not cfg_file.exists() and (path / "adapter_config.json").exists():
+        base = _adapter_base(path)
+        raise ModelLoadError(
+            f"{path} holds a LoRA adapter only (adapter_config.json), not a full checkpoint; load its base "
+            f"model {base} with peft.PeftModel.from_pretrained, or train with model.lora_save=merged or both"
+        )
     if not cfg_file.exists():
         raise ModelLoadError(
             f"{path} has no config.json, so it is not a Hugging Face checkpoint directory; "
@@ -325,14 +366,44 @@ def load_model(
     return LoadedModel(model=model, processor=processor, path=path, model_type=model_type, suppress_ids=suppress)
 
 
+def _adapter_base(path: Path) -> str:
+    try:
+        return str(json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path"))
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return "(unknown: adapter_config.json is unreadable)"
+
+
+def _lora_candidates(model, is_vlm: bool) -> set[str]:
+    """Leaf names of the linear layers LoRA may target: the language model's, never the vision tower's."""
+    out = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "." in name and (not is_vlm or "language_model" in name):
+            out.add(name.rsplit(".", 1)[1])
+    return out
+
+
 def _apply_lora(model, opts: LoraOptions, is_vlm: bool):
     try:
         import peft
     except ImportError as e:
         raise ModelLoadError("LoRA needs the peft package: pip install 'lmmr1[peft]'") from e
-    names = "|".join(opts.target_modules)
+    if opts.r < 1:
+        raise ModelLoadError(f"LoRA rank must be >= 1, got {opts.r}")
+    if not 0.0 <= opts.dropout < 1.0:
+        raise ModelLoadError(f"LoRA dropout must be in [0, 1), got {opts.dropout}")
+    targets = tuple(opts.target_modules)
+    valid = _lora_candidates(model, is_vlm)
+    unknown = [t for t in targets if t not in valid]
+    if not targets or unknown:
+        what = f"{unknown[0]!r} is not a linear layer of the language model" if unknown else "no module given"
+        raise ModelLoadError(f"LoRA target modules: {what}; choose from {', '.join(sorted(valid))}")
+    names = "|".join(targets)
     # Restrict to the language model so the vision tower's own q/k/v stay full-rank (or frozen).
     target = rf".*language_model.*\.({names})$" if is_vlm else rf".*\.({names})$"
     cfg = peft.LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=target,
                           bias="none")
-    return peft.get_peft_model(model, cfg)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing`` alias; the warning is
+        # about peft's code, not the user's, and would otherwise print on every LoRA run.
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return peft.get_peft_model(model, cfg)

@@ -44,7 +44,7 @@ def completion_hidden(
 
     uniq, row_to_uniq = torch.unique(prompt_index, sorted=True, return_inverse=True)
     if shared_prefix is None:
-        shared_prefix = len(uniq) < len(prompt_index) and not getattr(lm.base, "is_gradient_checkpointing", False)
+        shared_prefix = len(uniq) < len(prompt_index) and not lm.activation_checkpointing
     feats = lm.encode_images(prompts, rows=uniq.tolist())
 
     if shared_prefix:
