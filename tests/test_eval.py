@@ -12,6 +12,7 @@ from PIL import Image
 
 from lmmr1.data.benchmarks import load_benchmark
 from lmmr1.data.dataset import DataError
+from lmmr1.errors import LmmR1Error
 from lmmr1.eval import EvalConfig, evaluate, pass_at_k
 from lmmr1.models import load_model
 
@@ -115,3 +116,60 @@ def test_benchmark_with_relative_path_and_relative_images(bench_files, monkeypat
     write_suite(bench_files / "synth", "counting", "test", 3, "image")
     rel = f"{bench_files.name}/synth/counting_test_image.jsonl"
     assert len(load_benchmark(rel)) == 3 and load_benchmark(rel)[0].images()[0].size == (112, 112)
+
+
+SMOKE_TEXT = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes" / "data" / "smoke_text.jsonl"
+
+
+def test_evaluate_seed_progress_and_truncated_fraction(tiny_lm):
+    lm = load_model(tiny_lm)
+    suites = {"smoke": load_benchmark(SMOKE_TEXT, system_prompt="none", limit=5)}
+    calls = []
+
+    def run(seed, max_new_tokens=3):
+        cfg = EvalConfig(n=2, temperature=1.0, max_new_tokens=max_new_tokens, batch_size=2, seed=seed,
+                         samples_per_suite=10)
+        return evaluate(lm, suites, cfg, progress=lambda *a: calls.append(a))["smoke"]
+
+    a, b, c = run(0), run(0), run(7)
+    # --seed: the same seed gives the same samples, another seed other samples
+    assert [e["completion"] for e in a["examples"]] == [e["completion"] for e in b["examples"]]
+    assert [e["completion"] for e in a["examples"]] != [e["completion"] for e in c["examples"]]
+    # progress after each batch of 2 prompts: 2, 4, 5 of 5 (three runs)
+    assert calls == [("smoke", 2, 5), ("smoke", 4, 5), ("smoke", 5, 5)] * 3
+    # truncated = samples that ended at max_new_tokens / all samples (all 10 samples are kept here)
+    assert len(a["examples"]) == a["samples"] == 10
+    cut = sum(e["finish_reason"] == "length" for e in a["examples"])
+    assert a["truncated"] == cut / 10 and cut > 0  # a random tiny model rarely ends within 3 tokens
+    assert run(0, max_new_tokens=1)["truncated"] >= a["truncated"]
+
+
+def test_eval_config_checks_values_and_warns_on_greedy_n():
+    assert EvalConfig().max_new_tokens == 2048  # a reasoning trace fits; 256 cut most of them
+    assert EvalConfig(n=4, temperature=1.0).check() == []
+    (w,) = EvalConfig(n=4, temperature=0.0).check()
+    assert w.startswith("4 samples per problem (--n) at temperature 0: greedy samples are identical")
+    for kw, msg in [({"n": 0}, "eval n=0: samples per problem must be >= 1"),
+                    ({"temperature": -1.0}, "eval temperature=-1.0: must be >= 0"),
+                    ({"top_p": 0.0}, r"eval top_p=0.0: must be in \(0, 1\]"),
+                    ({"max_new_tokens": 0}, "eval max_new_tokens=0: must be >= 1"),
+                    ({"batch_size": 0}, "eval batch_size=0: must be >= 1")]:
+        with pytest.raises(LmmR1Error, match=msg):
+            EvalConfig(**kw).check()
+
+
+def test_cli_eval_seed_greedy_n_warning_truncation_and_default_length(tiny_lm, tmp_path):
+    out = tmp_path / "res.json"
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "eval", "--model", str(tiny_lm), "--bench",
+                          f"smoke={SMOKE_TEXT}", "--limit", "2", "--n", "2", "--max-new-tokens", "2", "--seed", "3",
+                          "--system-prompt", "none", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "warning: 2 samples per problem (--n) at temperature 0: greedy samples are identical" in res.stderr
+    data = json.loads(out.read_text())
+    r = data["results"]["smoke"]
+    assert data["config"]["seed"] == 3 and data["config"]["max_new_tokens"] == 2
+    assert "truncated" in res.stderr and 0.0 <= r["truncated"] <= 1.0
+    assert ("hit --max-new-tokens 2 before ending" in res.stderr) == (r["truncated"] > 0.1)
+    helped = subprocess.run([sys.executable, "-m", "lmmr1.cli", "eval", "--help"], capture_output=True, text=True,
+                            timeout=120, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert "[default: 2048]" in helped.stdout and "--seed" in helped.stdout

@@ -21,6 +21,32 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip reports), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lmmr1")
+    except PackageNotFoundError:
+        from lmmr1 import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmmr1 {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the lmmr1 version and exit.")] = False,
+) -> None:
+    """Rule-based RL for large multimodal models (LMM-R1: FRE on text, then MGT on images)."""
+
+
 @app.command("make-tiny")
 def make_tiny_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the checkpoint into.")],
@@ -96,39 +122,62 @@ def train_cmd(
 def eval_cmd(
     model: Annotated[Path, typer.Option("--model", help="Local HF checkpoint directory.")],
     bench: Annotated[list[str], typer.Option("--bench", help="NAME=PATH of a benchmark file (repeatable).")],
-    n: Annotated[int, typer.Option(help="Samples per problem (pass@n).")] = 1,
+    n: Annotated[int, typer.Option(help="Samples per problem (pass@n); > 1 needs --temperature > 0.")] = 1,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens.")] = 256,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens (room for a reasoning trace; "
+                                                     "the 'truncated' column shows answers cut off).")] = 2048,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
     system_prompt: Annotated[str, typer.Option(help="r1, r1_boxed, none, or custom text.")] = "r1",
     limit: Annotated[int | None, typer.Option(help="Use only the first N problems of each benchmark.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples at temperature > 0).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
 ) -> None:
     """Evaluate a model on benchmark files (MathVista, MathVerse, MathVision, DynaMath, LMM-R1 JSONL)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
     from lmmr1.data.benchmarks import load_benchmark
-    from lmmr1.eval import EvalConfig, evaluate, write_results
+    from lmmr1.eval import TRUNCATION_WARN_FRACTION, EvalConfig, evaluate, write_results
     from lmmr1.models import load_model
 
+    cfg = EvalConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    for w in cfg.check():  # invalid values raise here, before any file or model is read
+        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     suites = {}
     for item in bench:
-        if "=" not in item:
-            raise LmmR1Error(f"--bench {item!r} must look like NAME=PATH")
-        name, path = item.split("=", 1)
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise LmmR1Error(f"--bench {item!r} must look like NAME=PATH, e.g. mathvista=testmini.parquet")
+        if name in suites:
+            raise LmmR1Error(f"--bench name {name!r} is given twice; give each benchmark its own name")
         suites[name] = load_benchmark(path, name=name, system_prompt=system_prompt, limit=limit)
     lm = load_model(model, dtype="auto", device="cuda" if __import__("torch").cuda.is_available() else "cpu")
-    cfg = EvalConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    results = evaluate(lm, suites, cfg)
+    progress = Progress(TextColumn("[bold]eval {task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} problems"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=True)
+    tasks: dict[str, int] = {}
+
+    def advance(suite: str, done: int, total: int) -> None:
+        if suite not in tasks:
+            tasks[suite] = progress.add_task(suite, total=total)
+        progress.update(tasks[suite], completed=done)
+
+    with progress:
+        results = evaluate(lm, suites, cfg, progress=advance)
     table = Table(title=f"lmmr1 eval: {model}")
-    for col in ("benchmark", "problems", "accuracy", "format rate", f"pass@{n}", "mean length"):
+    for col in ("benchmark", "problems", "accuracy", "format rate", f"pass@{n}", "mean length", "truncated"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, r in results.items():
         table.add_row(name, str(r["problems"]), f"{r['accuracy']:.4f}", f"{r['format_rate']:.4f}",
-                      f"{r[f'pass@{n}']:.4f}", f"{r['mean_length']:.1f}")
+                      f"{r[f'pass@{n}']:.4f}", f"{r['mean_length']:.1f}", f"{r['truncated']:.1%}")
         for src, v in r["by_datasource"].items():
-            table.add_row(f"  {src}", "", f"{v:.4f}", "", "", "")
+            table.add_row(f"  {src}", "", f"{v:.4f}", "", "", "", "")
     console.print(table)
+    for name, r in results.items():
+        if r["truncated"] > TRUNCATION_WARN_FRACTION:
+            console.print(f"[yellow]warning:[/] {name}: {r['truncated']:.0%} of samples hit --max-new-tokens "
+                          f"{max_new_tokens} before ending; their answers were cut off (raise --max-new-tokens)",
+                          highlight=False, soft_wrap=True)
     if out is not None:
         write_results({"model": str(model), "config": cfg.__dict__, "results": results}, out)
         console.print(f"results: {out}")

@@ -3,6 +3,9 @@
 Accuracy is the ``accuracy`` reward alone (never mixed with the format bonus); with n samples it
 is the mean over samples (mean@n) and pass@k uses the unbiased estimator of Chen et al. 2021:
 pass@k = 1 - C(n-c, k) / C(n, k) averaged over problems, c = correct samples of the problem.
+
+``truncated`` is the fraction of samples that hit ``max_new_tokens`` before ending: a cut-off
+answer usually scores 0, so a high value means the length budget, not the model, set the score.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,19 @@ from typing import Any
 import torch
 
 from lmmr1.data.dataset import PromptDataset
+from lmmr1.errors import LmmR1Error
 from lmmr1.models.loader import LoadedModel
 from lmmr1.rewards import CompositeReward, Sample
 from lmmr1.rollout import SamplingParams, sample
+
+
+# A reasoning model's "<think> ... </think> answer" often runs past 1,000 tokens; a smaller
+# default cuts answers off and reports the length budget as the model's accuracy.
+DEFAULT_MAX_NEW_TOKENS = 2048
+TRUNCATION_WARN_FRACTION = 0.1
+
+# Called after each generation batch: (suite name, problems done, problems in the suite).
+ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -27,10 +41,28 @@ class EvalConfig:
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    max_new_tokens: int = 256
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 16  # prompts per generation batch
     seed: int = 0
     samples_per_suite: int = 3  # completions kept in the results for reading
+
+    def check(self) -> list[str]:
+        """Raise for values that cannot run; return warnings for values that run but mislead."""
+        if self.n < 1:
+            raise LmmR1Error(f"eval n={self.n}: samples per problem must be >= 1")
+        if self.batch_size < 1:
+            raise LmmR1Error(f"eval batch_size={self.batch_size}: must be >= 1")
+        if self.max_new_tokens < 1:
+            raise LmmR1Error(f"eval max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if self.temperature < 0:
+            raise LmmR1Error(f"eval temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise LmmR1Error(f"eval top_p={self.top_p}: must be in (0, 1]")
+        warnings = []
+        if self.n > 1 and self.temperature == 0:
+            warnings.append(f"{self.n} samples per problem (--n) at temperature 0: greedy samples are identical, so pass@{self.n} equals "
+                            "pass@1 and the extra samples only cost time; set a temperature > 0 (e.g. 1.0)")
+        return warnings
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -39,10 +71,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: CompositeReward) -> dict[str, Any]:
+def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: CompositeReward,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Scores of one suite; ``progress(done, total)`` is called after each batch of prompts."""
     t0 = time.perf_counter()
     correct_per_problem: list[int] = []
     acc, fmt, lengths, sources = [], [], [], {}
+    truncated = 0
     kept = []
     for start in range(0, len(ds), cfg.batch_size):
         exs = ds.examples[start : start + cfg.batch_size]
@@ -59,6 +94,7 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
         acc += a
         fmt += f
         lengths += ro.lengths.tolist()
+        truncated += sum(1 for r in ro.finish_reasons if r == "length")
         for i, e in enumerate(exs):
             c = sum(1 for k in range(cfg.n) if a[i * cfg.n + k] >= 1.0)
             correct_per_problem.append(c)
@@ -66,11 +102,15 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
             src.extend(a[i * cfg.n : (i + 1) * cfg.n])
         for r in range(min(ro.num_rows, max(0, cfg.samples_per_suite - len(kept)))):
             kept.append({"source": exs[r // cfg.n].source, "prompt": samples[r].prompt, "completion": ro.texts[r],
-                         "answer": exs[r // cfg.n].answer, "accuracy": a[r], "format": f[r]})
+                         "answer": exs[r // cfg.n].answer, "accuracy": a[r], "format": f[r],
+                         "finish_reason": ro.finish_reasons[r]})
+        if progress is not None:
+            progress(start + len(exs), len(ds))
     out = {
         "problems": len(ds), "samples": len(acc),
         "accuracy": sum(acc) / len(acc), "format_rate": sum(fmt) / len(fmt),
         "mean_length": sum(lengths) / len(lengths),
+        "truncated": truncated / len(lengths),  # fraction of samples cut at max_new_tokens
         f"pass@{cfg.n}": sum(pass_at_k(cfg.n, c, cfg.n) for c in correct_per_problem) / len(correct_per_problem),
         "pass@1": sum(pass_at_k(cfg.n, c, 1) for c in correct_per_problem) / len(correct_per_problem),
         "by_datasource": {k: sum(v) / len(v) for k, v in sorted(sources.items())},
@@ -81,16 +121,24 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
 
 
 def evaluate(lm: LoadedModel, suites: dict[str, PromptDataset], cfg: EvalConfig | None = None,
-             reward: CompositeReward | None = None) -> dict[str, dict[str, Any]]:
+             reward: CompositeReward | None = None, progress: ProgressFn | None = None) -> dict[str, dict[str, Any]]:
+    """Scores per suite.  Invalid settings raise before any generation (see EvalConfig.check)."""
     cfg = cfg or EvalConfig()
+    cfg.check()
     own = reward is None
     reward = reward or CompositeReward(["accuracy", "format"])
     try:
         with torch.no_grad():
-            return {name: evaluate_suite(lm, ds, cfg, reward) for name, ds in suites.items()}
+            return {name: evaluate_suite(lm, ds, cfg, reward,
+                                         None if progress is None else _bind(progress, name))
+                    for name, ds in suites.items()}
     finally:
         if own:
             reward.close()
+
+
+def _bind(progress: ProgressFn, name: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress(name, done, total)
 
 
 def write_results(results: dict[str, Any], path: str | Path) -> None:
