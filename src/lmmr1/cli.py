@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lmmr1.errors import LmmR1Error
 
@@ -142,7 +143,7 @@ def eval_cmd(
 
     cfg = EvalConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     for w in cfg.check():  # invalid values raise here, before any file or model is read
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     suites = {}
     for item in bench:
         name, sep, path = item.partition("=")
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="lmmr1")
     except LmmR1Error as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

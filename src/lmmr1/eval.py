@@ -26,7 +26,6 @@ from lmmr1.models.loader import LoadedModel
 from lmmr1.rewards import CompositeReward, Sample
 from lmmr1.rollout import SamplingParams, sample
 
-
 # A reasoning model's "<think> ... </think> answer" often runs past 1,000 tokens; a smaller
 # default cuts answers off and reports the length budget as the model's accuracy.
 DEFAULT_MAX_NEW_TOKENS = 2048

@@ -396,7 +396,8 @@ def _apply_lora(model, opts: LoraOptions, is_vlm: bool):
     unknown = [t for t in targets if t not in valid]
     if not targets or unknown:
         what = f"{unknown[0]!r} is not a linear layer of the language model" if unknown else "no module given"
-        raise ModelLoadError(f"LoRA target modules: {what}; choose from {', '.join(sorted(valid))}")
+        raise ModelLoadError(f"LoRA target modules (model.lora_target_modules): {what}; "
+                             f"choose from {', '.join(sorted(valid))}")
     names = "|".join(targets)
     # Restrict to the language model so the vision tower's own q/k/v stay full-rank (or frozen).
     target = rf".*language_model.*\.({names})$" if is_vlm else rf".*\.({names})$"

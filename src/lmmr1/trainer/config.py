@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import yaml
 
 from lmmr1.errors import LmmR1Error
+from lmmr1.models.loader import LORA_SAVE_MODES, LORA_TARGETS
+from lmmr1.trainer.logging import WANDB_MISSING
 
 
 class ConfigError(LmmR1Error):
@@ -33,6 +36,9 @@ class ModelConfig:
     freeze_vision: bool = False
     lora_r: int = 0  # > 0 enables LoRA on the language model
     lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # language-model linears
+    lora_save: str = "merged"  # final model: merged (full checkpoint) | adapter (PEFT files only) | both
     max_prompt_tokens: int | None = None
 
 
@@ -121,6 +127,8 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "lmmr1"
+    wandb_run_name: str | None = None  # default: W&B's generated name
+    wandb_entity: str | None = None  # default: your W&B default entity
     num_threads: int = 0  # torch threads on CPU (0: leave torch's default)
 
 
@@ -145,6 +153,9 @@ class Config:
             raise ConfigError("data: give at least one dataset (a list of {path: ...})")
         if self.type not in ("rl", "sft"):
             raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
+        _validate_lora(self.model)
+        if self.train.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(WANDB_MISSING)
         if self.type == "sft":
             return
         if not self.reward:
@@ -164,6 +175,22 @@ class Config:
                               f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
         if self.train.micro_batch_size < 1:
             raise ConfigError("train.micro_batch_size must be >= 1")
+
+
+def _validate_lora(m: ModelConfig) -> None:
+    """LoRA fields that can be checked without the model (module names are checked at load time)."""
+    if m.lora_r < 0:
+        raise ConfigError(f"model.lora_r must be >= 0 (0 = no LoRA), got {m.lora_r}")
+    if not 0.0 <= m.lora_dropout < 1.0:
+        raise ConfigError(f"model.lora_dropout must be in [0, 1), got {m.lora_dropout}")
+    if m.lora_save not in LORA_SAVE_MODES:
+        raise ConfigError(_suggest("model.lora_save", m.lora_save, LORA_SAVE_MODES))
+    if m.lora_save != "merged" and m.lora_r == 0:
+        raise ConfigError(f"model.lora_save={m.lora_save} saves a LoRA adapter, but LoRA is off: set model.lora_r > 0")
+    t = m.lora_target_modules
+    if not isinstance(t, list) or not t or not all(isinstance(x, str) and x for x in t):
+        raise ConfigError(f"model.lora_target_modules must be a non-empty list of module names, e.g. "
+                          f"[q_proj, v_proj]; got {t!r}")
 
 
 # ------------------------------------------------------------------------------------ (de)serialise

@@ -10,10 +10,16 @@ from typing import Any
 
 from rich.console import Console
 
+from lmmr1.errors import LmmR1Error
+
+WANDB_MISSING = ("train.wandb=true but wandb is not installed: pip install 'lmmr1[wandb]' "
+                 "(or set train.wandb=false)")
+
 
 class MetricsLogger:
     def __init__(self, output_dir: Path, *, tensorboard: bool = True, wandb: bool = False,
-                 wandb_project: str = "lmmr1", config: dict | None = None, console: Console | None = None):
+                 wandb_project: str = "lmmr1", wandb_run_name: str | None = None, wandb_entity: str | None = None,
+                 config: dict | None = None, console: Console | None = None):
         self.dir = output_dir
         self.console = console or Console(stderr=True)
         self.metrics = (output_dir / "metrics.jsonl").open("a", encoding="utf-8")
@@ -30,10 +36,10 @@ class MetricsLogger:
         if wandb:
             try:
                 import wandb as wb
-
-                self.wandb = wb.init(project=wandb_project, config=config or {}, dir=str(output_dir))
-            except ImportError:
-                self.console.print("[yellow]wandb requested but not installed (pip install wandb); skipping[/]")
+            except ImportError as e:  # asked for and missing: an error, not a run that silently logs less
+                raise LmmR1Error(WANDB_MISSING) from e
+            self.wandb = wb.init(project=wandb_project, name=wandb_run_name, entity=wandb_entity,
+                                 config=config or {}, dir=str(output_dir))
 
     def log(self, metrics: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -82,7 +82,8 @@ class Trainer:
         # On GPU: fp32 master weights + bf16 autocast; on CPU: plain fp32.
         self.autocast = self.device.type == "cuda" and m.dtype == "auto"
         dtype = "float32" if m.dtype == "auto" else m.dtype
-        lora = LoraOptions(r=m.lora_r, alpha=m.lora_alpha) if m.lora_r > 0 else None
+        lora = LoraOptions(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                           target_modules=tuple(m.lora_target_modules)) if m.lora_r > 0 else None
         load_kw = dict(dtype=dtype, device=self.device, max_prompt_tokens=m.max_prompt_tokens)
         if not m.path:  # model.tiny: a deterministic offline test model, built once per run directory
             from lmmr1.models import make_tiny
@@ -489,6 +490,7 @@ class Trainer:
         t = self.cfg.train
         dump_config(self.cfg, self.out / "config.yaml")
         logger = MetricsLogger(self.out, tensorboard=t.tensorboard, wandb=t.wandb, wandb_project=t.wandb_project,
+                               wandb_run_name=t.wandb_run_name, wandb_entity=t.wandb_entity,
                                config=asdict(self.cfg), console=self.console)
         last: dict[str, Any] = {}
         die_at = int(os.environ.get("LMMR1_KILL_AT_STEP", "0"))  # tests: SIGKILL before this step starts
@@ -511,7 +513,7 @@ class Trainer:
                     if t.save_every and self.step % t.save_every == 0 and self.step < t.steps:
                         self.save()
             self.save()
-            self.policy.save_pretrained(self.out / "final")
+            self.policy.save_pretrained(self.out / "final", lora_save=self.cfg.model.lora_save)
         finally:
             logger.close()
             if self.reward is not None:
