@@ -57,14 +57,17 @@ def test_eval_bad_bench_specs(capsys, tmp_path, benches, expected):
     assert one_error_line(capsys, argv).startswith(expected)
 
 
-def test_eval_of_an_adapter_only_folder_names_the_base_model(capsys, tmp_path):
+def test_eval_of_an_adapter_whose_base_model_is_missing_names_it(capsys, tmp_path):
     adapter = tmp_path / "final"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/qwen-vl"}))
     msg = one_error_line(capsys, ["eval", "--model", str(adapter), "--bench", f"s={SMOKE}"])
-    assert msg == (f"{adapter} holds a LoRA adapter only (adapter_config.json), not a full checkpoint; load its base "
-                   "model /models/qwen-vl with peft.PeftModel.from_pretrained, or train with model.lora_save=merged "
-                   "or both")
+    assert msg == (f"{adapter} holds a LoRA adapter only; its base model '/models/qwen-vl' (base_model_name_or_path "
+                   f"in {adapter / 'adapter_config.json'}) is not a local checkpoint directory here: set that field "
+                   "to the base model's folder")
+    (adapter / "adapter_config.json").write_text("{not json")
+    assert one_error_line(capsys, ["eval", "--model", str(adapter), "--bench", f"s={SMOKE}"]).startswith(
+        f"{adapter / 'adapter_config.json'} is not a valid PEFT adapter config: ")
 
 
 def _recipe(tmp_path, tiny_vlm, **model) -> Path:

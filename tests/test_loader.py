@@ -208,9 +208,12 @@ def test_lora_adapter_only_save_loads_with_peft_and_gives_the_same_logits(tiny_v
     with torch.no_grad():
         lp_loaded, _ = completion_logprobs(base, batch, idx, comp, mask)
     torch.testing.assert_close(lp_loaded, lp_lora, rtol=1e-5, atol=1e-6)
-    # the adapter-only folder is not a checkpoint: one line naming the base model
-    with pytest.raises(ModelLoadError, match=f"holds a LoRA adapter only.*base model {tiny_vlm}"):
-        load_model(tmp_path / "a")
+    # load_model takes the adapter folder too: its base model (from adapter_config.json), adapter merged
+    from_adapter = load_model(tmp_path / "a")
+    assert not hasattr(from_adapter.model, "peft_config") and from_adapter.path == tmp_path / "a"
+    with torch.no_grad():
+        lp_adapter_dir, _ = completion_logprobs(from_adapter, batch, idx, comp, mask)
+    torch.testing.assert_close(lp_adapter_dir, lp_lora, rtol=1e-4, atol=1e-5)
     # both: merged checkpoint in the folder, the adapter beside it
     lm.save_pretrained(tmp_path / "b", lora_save="both")
     assert (tmp_path / "b" / "adapter" / "adapter_model.safetensors").stat().st_size == adapter_mb

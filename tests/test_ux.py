@@ -61,8 +61,10 @@ def test_lora_options_reach_training_and_the_final_adapter(tmp_path, tiny_vlm):
     batch = base.processor([user("seven")])
     args = (batch, torch.tensor([0]), torch.tensor([[5, 6, 7]]), torch.ones(1, 3))
     with torch.no_grad():
-        torch.testing.assert_close(completion_logprobs(base, *args)[0],
-                                   completion_logprobs(trainer.policy, *args)[0], rtol=1e-5, atol=1e-6)
+        trained = completion_logprobs(trainer.policy, *args)[0]
+        torch.testing.assert_close(completion_logprobs(base, *args)[0], trained, rtol=1e-5, atol=1e-6)
+        # and lmmr1's own loader (eval, a pipeline's next stage) takes the adapter folder as a model
+        torch.testing.assert_close(completion_logprobs(load_model(final), *args)[0], trained, rtol=1e-4, atol=1e-5)
 
 
 class _FakeRun:

@@ -256,12 +256,6 @@ def _read_config(path: Path) -> dict:
     if not path.is_dir():
         raise ModelLoadError(f"{path} is a file; pass the checkpoint *directory* that holds config.json")
     cfg_file = path / "config.json"
-    if not cfg_file.exists() and (path / "adapter_config.json").exists():
-        base = _adapter_base(path)
-        raise ModelLoadError(
-            f"{path} holds a LoRA adapter only (adapter_config.json), not a full checkpoint; load its base "
-            f"model {base} with peft.PeftModel.from_pretrained, or train with model.lora_save=merged or both"
-        )
     if not cfg_file.exists():
         raise ModelLoadError(
             f"{path} has no config.json, so it is not a Hugging Face checkpoint directory; "
@@ -300,6 +294,10 @@ def load_model(
     import transformers
 
     path = Path(path).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and (path / "adapter_config.json").exists():
+        return _load_adapter_dir(path, lora, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
+                                 freeze_vision=freeze_vision, max_prompt_tokens=max_prompt_tokens,
+                                 attn_implementation=attn_implementation)
     cfg = _read_config(path)
     model_type = cfg.get("model_type")
     if model_type not in VLM_TYPES + TEXT_TYPES:
@@ -366,11 +364,32 @@ def load_model(
     return LoadedModel(model=model, processor=processor, path=path, model_type=model_type, suppress_ids=suppress)
 
 
-def _adapter_base(path: Path) -> str:
+def _load_adapter_dir(path: Path, lora: LoraOptions | None, **load_kw) -> LoadedModel:
+    """An adapter-only folder (``model.lora_save: adapter``): its base model with the adapter merged in.
+
+    So ``lmmr1 eval`` and a pipeline's next stage take an adapter folder like a full checkpoint.
+    """
+    cfg_file = path / "adapter_config.json"
     try:
-        return str(json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path"))
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return "(unknown: adapter_config.json is unreadable)"
+        base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, OSError, AttributeError) as e:
+        raise ModelLoadError(f"{cfg_file} is not a valid PEFT adapter config: {e}") from e
+    if not base or not (Path(base).expanduser() / "config.json").exists():
+        raise ModelLoadError(
+            f"{path} holds a LoRA adapter only; its base model {base!r} (base_model_name_or_path in {cfg_file}) "
+            "is not a local checkpoint directory here: set that field to the base model's folder"
+        )
+    try:
+        import peft
+    except ImportError as e:
+        raise ModelLoadError(f"{path} holds a LoRA adapter; loading it needs peft: pip install 'lmmr1[peft]'") from e
+    lm = load_model(base, **load_kw)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = peft.PeftModel.from_pretrained(lm.model, path).merge_and_unload()
+    lm.model = _apply_lora(model, lora, lm.is_multimodal) if lora is not None else model
+    lm.path = path
+    return lm
 
 
 def _lora_candidates(model, is_vlm: bool) -> set[str]:
