@@ -164,6 +164,16 @@ def test_hanging_reward_times_out_with_an_error_naming_it(rfile):
                                    "(first: d.jsonl:5)")
 
 
+def test_reward_raising_on_the_batch_and_hanging_per_row_still_answers(rfile):
+    """Naming the failing row re-tries rows one by one; that search is bounded too."""
+    p = rfile("import threading\ndef f(samples):\n    if len(samples) > 1:\n        raise ValueError('batch')\n"
+              "    threading.Event().wait()\n")
+    c = CompositeReward([{"path": str(p), "name": "f", "timeout": 0.5}])
+    with pytest.raises(RewardError) as e:
+        within(lambda: c(rows("d:1", "d:2", "d:3")))
+    assert str(e.value) == f"custom reward f ({p}) raised ValueError: batch on a batch of 3 rows (first: d:1)"
+
+
 def test_broken_reward_is_found_by_the_check_before_any_scoring(rfile):
     p = rfile("def f(samples):\n    return [s.fields['no_such_field'] for s in samples]\n")
     with pytest.raises(RewardConfigError) as e:
@@ -491,3 +501,23 @@ def test_nan_reward_in_training_stops_the_run_before_any_update(tmp_path, tiny_v
         trainer.train()
     assert all(v.equal(before[k]) for k, v in trainer.policy.model.named_parameters())
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or read_metrics(tmp_path / "run") == []
+
+
+def test_serve_rewards_cli_serves_a_custom_file_with_kwargs(rfile):
+    p = rfile("def scaled(samples, scale):\n    return [scale * len(s.completion) for s in samples]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "lmmr1.cli", "serve-rewards", "--port", "0", "--reward",
+                             f"[format, {{path: {p}, name: scaled, kwargs: {{scale: 0.5}}}}]", "--weights", "1,1"],
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        line = within(proc.stderr.readline, 60)
+        assert "serving format, scaled on http://127.0.0.1:" in line, line
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_BOUND)
+        conn.request("POST", "/rewards", body=json.dumps({"completions": ["<think>a</think><answer>b</answer>"],
+                                                          "answers": ["b"]}))
+        out = json.loads(conn.getresponse().read())
+        conn.close()
+        assert out["components"] == {"format": [1.0], "scaled": [17.0]} and out["rewards"] == [18.0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -113,13 +113,17 @@ class CompositeReward:
         if not specs:
             raise RewardConfigError("no reward given; e.g. [accuracy, format]")
         self.parts: list[tuple[str, float, Any]] = []
-        for raw in specs:
-            spec = RewardSpec.parse(raw)
-            reward = spec.build()
-            name = getattr(reward, "name", None) or spec.name
-            if any(name == n for n, _, _ in self.parts):
-                raise RewardConfigError(f"reward {name!r} is listed twice")
-            self.parts.append((name, spec.default_weight(), reward))
+        try:
+            for raw in specs:
+                spec = RewardSpec.parse(raw)
+                reward = spec.build()
+                name = getattr(reward, "name", None) or spec.name
+                self.parts.append((name, spec.default_weight(), reward))
+                if any(name == n for n, _, _ in self.parts[:-1]):
+                    raise RewardConfigError(f"reward {name!r} is listed twice")
+        except BaseException:
+            self.close()  # math-verify workers of the rewards built so far
+            raise
 
     @property
     def names(self) -> list[str]:

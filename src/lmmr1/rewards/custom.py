@@ -20,6 +20,7 @@ import importlib.util
 import inspect
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from lmmr1.rewards.base import (
 from lmmr1.rewards.guard import CallTimeout, call_with_timeout
 
 DEFAULT_TIMEOUT = 60.0  # seconds per call (one call scores a whole batch)
-_CULPRIT_SEARCH = 64  # after a failed batch, rows re-tried one by one to name the failing row
+_CULPRIT_ROWS = 64  # after a failed batch, rows re-tried one by one to name the failing row ...
+_CULPRIT_SECONDS = 10.0  # ... for at most this long in all (the error path must not hang either)
 
 
 def _short(e: BaseException) -> str:
@@ -187,8 +189,9 @@ class CustomReward:
         return self.fn(prompts=prompts, completions=completions, **{**kwargs, **self.options})
 
     # ------------------------------------------------------------------ guarded call
-    def _call(self, samples: Sequence[Sample]) -> Any:
-        return call_with_timeout(lambda: self._invoke(samples), self.timeout, self.function)
+    def _call(self, samples: Sequence[Sample], timeout: float | None = None) -> Any:
+        return call_with_timeout(lambda: self._invoke(samples), self.timeout if timeout is None else timeout,
+                                 self.function)
 
     def __call__(self, samples: Sequence[Sample]) -> list[Verdict]:
         if not samples:
@@ -209,9 +212,15 @@ class CustomReward:
     def _culprit(self, samples: Sequence[Sample]) -> str:
         """The first row that fails alone (re-tried one by one), else the batch."""
         if len(samples) > 1:
-            for i in range(min(len(samples), _CULPRIT_SEARCH)):
+            deadline = time.monotonic() + _CULPRIT_SECONDS
+            for i in range(min(len(samples), _CULPRIT_ROWS)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    self._call(samples[i:i + 1])
+                    self._call(samples[i:i + 1], timeout=left if not self.timeout else min(left, self.timeout))
+                except CallTimeout:
+                    break  # slow, not necessarily this row's fault
                 except BaseException as e:  # noqa: BLE001
                     if isinstance(e, KeyboardInterrupt):
                         raise
