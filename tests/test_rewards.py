@@ -9,7 +9,7 @@ import pytest
 
 from lmmr1.rewards import CompositeReward, RowError, Sample
 from lmmr1.rewards.answer import choice_letter, format_ok, last_answer_block, last_boxed, normalize_text
-from lmmr1.rewards.base import RewardConfigError
+from lmmr1.rewards.base import RewardConfigError, RewardError
 from lmmr1.rewards.builtin import AccuracyReward, IoUReward, OverlongPenalty
 
 
@@ -247,7 +247,47 @@ def test_custom_rewards_in_three_shapes(tmp_path):
     res = c(samples)
     assert res.components == {"native": [8.0, 7.0], "reward_func": [1.0, 0.0], "trl_style": [1.0, None]}
     assert res.total == [pytest.approx(0.8 + 1 + 1), pytest.approx(0.7)]
-    with pytest.raises(RewardConfigError, match="returned 1 values for 2 samples"):
+    with pytest.raises(RewardError, match="returned 1 values for 2 samples"):
         CompositeReward([{"path": str(f), "name": "short"}])(samples)
     with pytest.raises(RewardConfigError, match="has no function 'nope'"):
         CompositeReward([{"path": str(f), "name": "nope"}])
+
+
+def test_custom_reward_shapes_as_other_frameworks_pass_them(tmp_path):
+    """OpenRLHF dict return; LMM-R1 queries built on the chat-templated prompt; TRL conversational
+    completions and every dataset column under its own name; options from the spec's kwargs."""
+    f = tmp_path / "shapes.py"
+    f.write_text(
+        "import torch\n"
+        "def openrlhf(queries, prompts, labels):\n"
+        "    r = torch.tensor([float(q.startswith('<|im_start|>') and q.endswith(l)) for q, l in zip(queries, labels)])\n"
+        "    return {'rewards': r, 'scores': r, 'extra_logs': {'x': r}}\n"
+        "def trl_conv(prompts, completions, solution, answer, **kwargs):\n"
+        "    return [float(p[-1]['role'] == 'user' and c[0]['role'] == 'assistant' and c[0]['content'].endswith(s)\n"
+        "                  and a == s and d == 'geo')\n"
+        "            for p, c, s, a, d in zip(prompts, completions, solution, answer, kwargs['datasource'])]\n"
+        "def scaled(samples, scale=1.0):\n"
+        "    return [scale * len(s.completion) for s in samples]\n"
+    )
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+1?"}]
+    chat = "<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    good = Sample("so 2", "2", prompt="1+1?", fields={"datasource": "geo"}, chat_prompt=chat, messages=msgs,
+                  columns={"solution": "2"})
+    bad = Sample("so 3", "2", prompt="1+1?", fields={"datasource": "geo"}, chat_prompt=chat, messages=msgs,
+                 columns={"solution": "2"})
+    c = CompositeReward([{"path": str(f), "name": "openrlhf"}, {"path": str(f), "name": "trl_conv"},
+                         {"path": str(f), "name": "scaled", "kwargs": {"scale": 0.5}}])
+    c.check()  # the synthetic check sample satisfies all three (trl_conv's 'solution' gets the answer)
+    res = c([good, bad])
+    assert res.components == {"openrlhf": [1.0, 0.0], "trl_conv": [1.0, 0.0], "scaled": [2.0, 2.0]}
+    # without a chat template the LMM-R1 query falls back to the plain prompt text
+    plain = CompositeReward([{"path": str(f), "name": "openrlhf"}])
+    assert plain([Sample("so 2", "2", prompt="1+1?")]).components["openrlhf"] == [0.0]
+
+
+def test_trl_standard_format_when_the_prompt_is_text(tmp_path):
+    f = tmp_path / "std.py"
+    f.write_text("def f(prompts, completions, **kw):\n"
+                 "    return [float(isinstance(p, str) and isinstance(c, str)) for p, c in zip(prompts, completions)]\n")
+    c = CompositeReward([{"path": str(f), "name": "f"}])
+    assert c([Sample("x", "1", prompt="q")]).components["f"] == [1.0]

@@ -145,7 +145,8 @@ def test_config_errors_and_overrides(tmp_path, tiny_vlm):
 
 def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path, tiny_vlm):
     bad = tmp_path / "nan_reward.py"
-    bad.write_text("def nan(samples):\n    return [float('nan') if i % 2 else 1.0 for i, _ in enumerate(samples)]\n")
+    # NaN rewards are refused (RewardError); a huge finite one still overflows float32 inside the step
+    bad.write_text("def nan(samples):\n    return [3e38 if i % 2 else 1.0 for i, _ in enumerate(samples)]\n")
     cfg = make_cfg(tmp_path, tiny_vlm, f"reward=[{{path: {bad}, name: nan}}]", "train.steps=5",
                    "train.max_nonfinite_steps=2")
     trainer = Trainer(cfg)

@@ -230,27 +230,36 @@ def synth_cmd(
 @app.command("score")
 def score_cmd(
     input: Annotated[Path, typer.Argument(help="JSONL; each line has 'completion' and 'answer' (+ any fields).")],
-    reward: Annotated[str, typer.Option(help="Comma-separated reward names.")] = "format,accuracy",
+    reward: Annotated[list[str] | None, typer.Option(help="Rewards: names (format,accuracy), FILE.py:FUNCTION, or the "
+                                                          "recipe syntax as YAML, e.g. '{path: r.py, name: fn, "
+                                                          "kwargs: {k: 1}, timeout: 10}'. Repeatable.")] = None,
     weights: Annotated[str | None, typer.Option(help="Comma-separated weights, same order as --reward.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: stdout).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: stdout); missing folders are created.")] = None,
     timeout: Annotated[float, typer.Option(help="Hard per-item math-verify timeout in seconds.")] = 5.0,
 ) -> None:
     """Score completions with rule rewards; each output line = input + rewards + reward (or error)."""
     from rich.table import Table
 
-    from lmmr1.rewards.compose import CompositeReward, parse_cli_rewards
+    from lmmr1.rewards.compose import check_rewards, parse_cli_rewards
     from lmmr1.rewards.score import score_file
 
-    specs = parse_cli_rewards(reward, weights)
+    specs = parse_cli_rewards(reward or ["format,accuracy"], weights)
     for s in specs:
-        if s.name == "accuracy":
-            s.kwargs["timeout"] = timeout
-    composite = CompositeReward(specs)
+        if s.name == "accuracy" and not s.path and not s.url:
+            s.kwargs.setdefault("timeout", timeout)
+    if not input.is_file():
+        raise LmmR1Error(f"cannot read {input}: not a file")
+    composite = check_rewards(specs)
     try:
         if out is None:
             summary = score_file(input, composite, sys.stdout)
         else:
-            with out.open("w", encoding="utf-8") as fh:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                fh = out.open("w", encoding="utf-8")
+            except OSError as e:
+                raise LmmR1Error(f"--out {out}: cannot write there ({e.strerror or e})") from None
+            with fh:
                 summary = score_file(input, composite, fh)
     finally:
         composite.close()
@@ -271,18 +280,25 @@ def score_cmd(
 
 @app.command("serve-rewards")
 def serve_rewards_cmd(
-    reward: Annotated[str, typer.Option(help="Comma-separated reward names.")] = "format,accuracy",
+    reward: Annotated[list[str] | None, typer.Option(help="Rewards: names (format,accuracy), FILE.py:FUNCTION, or the "
+                                                          "recipe syntax as YAML. Repeatable.")] = None,
     weights: Annotated[str | None, typer.Option(help="Comma-separated weights, same order as --reward.")] = None,
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
     max_body_mb: Annotated[float, typer.Option(help="Largest accepted request body, MiB.")] = 16.0,
 ) -> None:
     """Serve rewards over HTTP (LMM-R1's POST /get_reward, plus POST /rewards with components)."""
-    from lmmr1.rewards.compose import CompositeReward, parse_cli_rewards
+    from lmmr1.rewards.compose import check_rewards, parse_cli_rewards
     from lmmr1.rewards.server import make_server
 
-    composite = CompositeReward(parse_cli_rewards(reward, weights))
-    server = make_server(composite, host, port, int(max_body_mb * 1024 * 1024))
+    if not 0 < max_body_mb < 1024 * 1024:
+        raise LmmR1Error(f"--max-body-mb must be > 0, got {max_body_mb:g}")
+    composite = check_rewards(parse_cli_rewards(reward or ["format,accuracy"], weights))
+    try:
+        server = make_server(composite, host, port, int(max_body_mb * 1024 * 1024))
+    except LmmR1Error:
+        composite.close()
+        raise
     console.print(f"serving {', '.join(composite.names)} on http://{host}:{server.server_address[1]} "
                   "(POST /get_reward, POST /rewards, GET /health); Ctrl-C stops")
     try:

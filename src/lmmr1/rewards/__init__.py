@@ -1,6 +1,7 @@
 """Rule-based rewards: pure Python, no model code.  Scoring rules: docs/rewards.md."""
 
-from lmmr1.rewards.base import REGISTRY, Reward, RowError, Sample, register
-from lmmr1.rewards.compose import CompositeReward, RewardResult, RewardSpec
+from lmmr1.rewards.base import REGISTRY, Reward, RewardConfigError, RewardError, RowError, Sample, register
+from lmmr1.rewards.compose import CompositeReward, RewardResult, RewardSpec, check_rewards
 
-__all__ = ["REGISTRY", "CompositeReward", "Reward", "RewardResult", "RewardSpec", "RowError", "Sample", "register"]
+__all__ = ["REGISTRY", "CompositeReward", "Reward", "RewardConfigError", "RewardError", "RewardResult", "RewardSpec",
+           "RowError", "Sample", "check_rewards", "register"]

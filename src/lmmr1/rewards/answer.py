@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import re
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
+# Every parser here is linear in the completion length: completions are untrusted, unbounded text
+# (a policy can emit megabytes), and one backtracking regex over them once froze `lmmr1 score` and
+# every thread of `lmmr1 serve-rewards` (``<answer>(.*?)</answer>`` is quadratic on a run of
+# unclosed ``<answer>`` tags).  Tags are found with str.find; regexes are anchored or unambiguous.
+
+MAX_COMPLETION_CHARS = 1 << 20
+"""Completions longer than this (1 Mi characters) are not parsed: they fail the format rule and
+have no answer block.  No real answer needs more; the cap bounds the work per row."""
+
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-_FORMAT_RE = re.compile(r"<think>(.*)</think>\s*<answer>(.*)</answer>", re.S)
+
+
+def too_long(completion: str) -> bool:
+    return len(completion) > MAX_COMPLETION_CHARS
 
 
 def format_ok(completion: str) -> bool:
@@ -20,16 +31,42 @@ def format_ok(completion: str) -> bool:
     Whitespace is allowed before, between and after.  Counting each tag exactly once rules out
     nested or repeated blocks (a known format-reward hack).
     """
+    if too_long(completion):
+        return False
     s = completion.strip()
     if any(s.count(t) != 1 for t in _TAGS):
         return False
-    m = _FORMAT_RE.fullmatch(s)
-    return bool(m and m.group(1).strip() and m.group(2).strip())
+    t1, a0, a1 = s.find("</think>"), s.find("<answer>"), s.find("</answer>")
+    if not (s.startswith("<think>") and s.endswith("</answer>") and t1 < a0 < a1):
+        return False
+    think, between, answer = s[len("<think>"):t1], s[t1 + len("</think>"):a0], s[a0 + len("<answer>"):a1]
+    return bool(think.strip()) and not between.strip() and bool(answer.strip())
+
+
+def answer_blocks(completion: str) -> list[str]:
+    """Contents of the complete <answer>…</answer> blocks, left to right, non-overlapping.
+
+    Same blocks as ``re.findall(r"<answer>(.*?)</answer>", s, re.S)``, found in one pass.
+    """
+    out: list[str] = []
+    if too_long(completion):
+        return out
+    pos = 0
+    while True:
+        start = completion.find("<answer>", pos)
+        if start < 0:
+            break
+        end = completion.find("</answer>", start + len("<answer>"))
+        if end < 0:
+            break
+        out.append(completion[start + len("<answer>"):end])
+        pos = end + len("</answer>")
+    return out
 
 
 def last_answer_block(completion: str) -> str | None:
     """Content of the last complete <answer>…</answer> block, or None."""
-    blocks = _ANSWER_RE.findall(completion)
+    blocks = answer_blocks(completion)
     return blocks[-1].strip() if blocks else None
 
 
@@ -56,14 +93,20 @@ _UNICODE = {
     "\u03c0": "\\pi ",
     "\u221a": "\\sqrt",
 }
-_DEGREE_RE = re.compile(r"\s*(\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°)")
+# no leading \s*: searched at every position, it would rescan a long run of spaces each time
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°")
 
 
 def normalize_math(text: str) -> str:
-    """Unicode math symbols to LaTeX; degree marks dropped (30° and 30 are the same answer)."""
+    """Unicode math symbols to LaTeX; degree marks dropped with the spaces before them (30° = 30)."""
     for k, v in _UNICODE.items():
         text = text.replace(k, v)
-    return _DEGREE_RE.sub("", text).strip()
+    parts, last = [], 0
+    for m in _DEGREE_RE.finditer(text):
+        parts.append(text[last:m.start()].rstrip())
+        last = m.end()
+    parts.append(text[last:])
+    return "".join(parts).strip()
 
 
 def has_math_delimiters(text: str) -> bool:

@@ -15,6 +15,7 @@ from lmmr1.rewards.answer import (
     last_boxed,
     normalize_math,
     normalize_text,
+    too_long,
     wrap_math,
 )
 from lmmr1.rewards.base import RowError, Sample, Verdict, is_blank, register
@@ -67,6 +68,8 @@ class AccuracyReward:
 
     def predicted(self, completion: str) -> tuple[str | None, bool]:
         """(the text to judge, whether it came from an <answer> block)."""
+        if too_long(completion):  # not parsed at all (answer.MAX_COMPLETION_CHARS): scores 0.0
+            return None, False
         block = last_answer_block(completion)
         from_block = block is not None
         if block is None and self.fallback_to_completion:
@@ -127,8 +130,38 @@ class AccuracyReward:
         self.verifier.close()
 
 
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+# One number, unambiguous (digits, then an optional fraction): matched at a fixed position it never
+# backtracks.  The former single box regex, searched over an answer holding "[" and a long run of
+# digits, took minutes (cubic); scanning "[" by "[" with anchored matches is linear.
+_NUM_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_WS_RE = re.compile(r"\s*")
+
+
+def _box_at(text: str, i: int) -> tuple[float, ...] | None:
+    """The 4-number box ``[a, b, c, d]`` starting at ``text[i] == "["``, or None."""
+    nums = []
+    i += 1
+    for k in range(4):
+        i = _WS_RE.match(text, i).end()
+        m = _NUM_RE.match(text, i)
+        if not m:
+            return None
+        nums.append(float(m.group()))
+        i = _WS_RE.match(text, m.end()).end()
+        if i >= len(text) or text[i] != ("," if k < 3 else "]"):
+            return None
+        i += 1
+    return tuple(nums)
+
+
+def _first_box(text: str) -> tuple[float, ...] | None:
+    i = text.find("[")
+    while i >= 0:
+        box = _box_at(text, i)
+        if box is not None:
+            return box
+        i = text.find("[", i + 1)
+    return None
 
 
 def parse_box(value: Any) -> tuple[float, float, float, float] | None:
@@ -139,10 +172,9 @@ def parse_box(value: Any) -> tuple[float, float, float, float] | None:
         except (TypeError, ValueError):
             return None
     else:
-        m = _BOX_RE.search(str(value))
-        if not m:
+        box = _first_box(str(value))
+        if box is None:
             return None
-        box = tuple(float(v) for v in m.groups())
     x1, y1, x2, y2 = box
     return box if x2 > x1 and y2 > y1 else None  # type: ignore[return-value]
 
@@ -173,7 +205,7 @@ class IoUReward:
                 out.append(RowError(f"gold answer {s.answer!r} is not a box [x1, y1, x2, y2] with x2>x1, y2>y1"))
                 continue
             block = last_answer_block(s.completion)
-            if block is None and self.fallback_to_completion:
+            if block is None and self.fallback_to_completion and not too_long(s.completion):
                 block = s.completion
             pred = parse_box(block) if block is not None else None
             iou = box_iou(pred, gold) if pred is not None else 0.0
@@ -200,6 +232,9 @@ class OverlongPenalty:
             n = s.completion_tokens if s.completion_tokens is not None else s.fields.get("completion_tokens")
             if n is None:
                 out.append(RowError("overlong needs the completion length in tokens (field 'completion_tokens')"))
+                continue
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or n != n or n < 0:
+                out.append(RowError(f"completion_tokens must be a non-negative number, got {n!r}"))
                 continue
             n, soft = int(n), self.max_tokens - self.buffer
             out.append(0.0 if n <= soft else (soft - n) / self.buffer if n <= self.max_tokens else -1.0)

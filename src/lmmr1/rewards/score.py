@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from lmmr1.errors import LmmR1Error
-from lmmr1.rewards.base import Sample
+from lmmr1.rewards.base import Sample, prompt_parts
 from lmmr1.rewards.compose import CompositeReward
 
 _RESERVED = ("completion", "answer", "prompt", "completion_tokens")
@@ -80,9 +80,10 @@ def score_file(input_path: str | Path, reward: CompositeReward, out: IO[str], ba
                     batch.append((lineno, row, None, f"{where}: field 'completion' is missing or not a string"))
                 else:
                     fields = {k: v for k, v in row.items() if k not in _RESERVED}
-                    sample = Sample(completion=row["completion"], answer=row.get("answer"),
-                                    prompt=str(row.get("prompt") or ""), fields=fields,
-                                    completion_tokens=row.get("completion_tokens"))
+                    prompt, messages = prompt_parts(row.get("prompt") or "")  # text, or chat messages
+                    sample = Sample(completion=row["completion"], answer=row.get("answer"), prompt=prompt,
+                                    fields=fields, completion_tokens=row.get("completion_tokens"),
+                                    messages=messages, source=where)
                     batch.append((lineno, row, sample, None))
             if len(batch) >= batch_size:
                 flush()

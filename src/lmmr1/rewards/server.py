@@ -7,19 +7,27 @@
 
 Loopback by default, request bodies bounded, malformed requests answered 4xx with a message,
 requests served concurrently (one thread each; the math-verify pool is shared and thread-safe).
+A request can hold its thread only so long: a Content-Length that is negative, not a number or
+over the limit is refused before reading; a client that sends fewer bytes than it declared is
+dropped after ``REQUEST_TIMEOUT`` seconds; scoring is linear-time (see rewards/answer.py), so one
+huge completion no longer holds the GIL and freezes the other threads.  A reward that fails (a
+custom function that raises or hangs) answers 500 with the one-line error.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lmmr1.rewards.base import Sample
+from lmmr1.errors import LmmR1Error
+from lmmr1.rewards.base import Sample, prompt_parts
 from lmmr1.rewards.compose import CompositeReward
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+REQUEST_TIMEOUT = 60.0  # seconds a connection may stay silent (reading the request or between requests)
 
 
 class BadRequest(Exception):
@@ -62,8 +70,13 @@ def samples_from_json(body: dict) -> list[Sample]:
     tokens = _str_list(body, "completion_tokens", n, required=False) or [None] * n
     if not all(isinstance(f, dict) for f in fields):
         raise BadRequest(400, "field 'fields' must be a list of objects")
-    return [Sample(completion=str(c), answer=a, prompt=str(p), fields=f, completion_tokens=t)
-            for c, a, p, f, t in zip(completions, answers, prompts, fields, tokens, strict=True)]
+    if not all(isinstance(c, str) for c in completions):
+        raise BadRequest(400, "field 'completions' must be a list of strings")
+    out = []
+    for c, a, p, f, t in zip(completions, answers, prompts, fields, tokens, strict=True):
+        text, messages = prompt_parts(p)  # a prompt may be text or chat messages (TRL conversational)
+        out.append(Sample(completion=c, answer=a, prompt=text, fields=f, completion_tokens=t, messages=messages))
+    return out
 
 
 class _Server(ThreadingHTTPServer):
@@ -72,11 +85,15 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(reward: CompositeReward, host: str = "127.0.0.1", port: int = 5000,
-                max_body: int = DEFAULT_MAX_BODY) -> ThreadingHTTPServer:
-    """A ready-to-serve server (call ``serve_forever``); port 0 picks a free port."""
+                max_body: int = DEFAULT_MAX_BODY, request_timeout: float = REQUEST_TIMEOUT) -> ThreadingHTTPServer:
+    """A ready-to-serve server (call ``serve_forever``); port 0 picks a free port.
+
+    A port already in use (or a host that cannot be bound) is a one-line :class:`LmmR1Error`.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = request_timeout  # socket timeout: a silent or short-bodied client cannot hold a thread
 
         def log_message(self, fmt: str, *args: Any) -> None:  # keep the console quiet
             pass
@@ -106,6 +123,8 @@ def make_server(reward: CompositeReward, host: str = "127.0.0.1", port: int = 50
                     size = int(length)
                 except ValueError as e:
                     raise BadRequest(400, "Content-Length must be an integer") from e
+                if size < 0:  # rfile.read(-1) would wait for the client to close the connection
+                    raise BadRequest(400, f"Content-Length must be >= 0, got {size}")
                 if size > max_body:
                     raise BadRequest(413, f"request body of {size} bytes exceeds the limit of {max_body}")
                 raw = self.rfile.read(size)
@@ -125,11 +144,23 @@ def make_server(reward: CompositeReward, host: str = "127.0.0.1", port: int = 50
                     self._send(200, {"rewards": result.total, "components": result.components,
                                      "errors": result.errors})
             except BadRequest as e:
-                if e.status == 413:
+                if e.status in (400, 411, 413):  # the unread body (if any) must not be parsed as a request
                     self.close_connection = True
                 self._send(e.status, {"error": str(e)})
+            except LmmR1Error as e:  # a reward failed (custom function raised, hung, returned NaN)
+                self._send(500, {"error": str(e)})
+            except (TimeoutError, ConnectionError):
+                self.close_connection = True  # the client went silent or away mid-request
+            except Exception as e:  # noqa: BLE001  (a bug must answer, not drop the connection)
+                self._send(500, {"error": f"internal error: {type(e).__name__}: {e}"})
 
-    return _Server((host, port), Handler)
+    try:
+        return _Server((host, port), Handler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise LmmR1Error(f"port {port} on {host} is already in use (another lmmr1 serve-rewards?); "
+                             "pick another with --port") from None
+        raise LmmR1Error(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:

@@ -63,6 +63,7 @@ class RewardConfig:
     path: str | None = None
     url: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None  # seconds per call of a custom/remote reward (see docs/rewards.md)
 
 
 @dataclass

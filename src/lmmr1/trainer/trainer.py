@@ -38,7 +38,7 @@ from lmmr1.data import DataConfig, MixtureSampler, PromptDataset
 from lmmr1.errors import LmmR1Error
 from lmmr1.models import LoraOptions, load_model
 from lmmr1.models.sequence import completion_logprobs
-from lmmr1.rewards import CompositeReward, RewardResult, RewardSpec, Sample
+from lmmr1.rewards import RewardResult, RewardSpec, Sample, check_rewards
 from lmmr1.rollout import Rollout, SamplingParams, sample
 from lmmr1.rollout.types import concat_rollouts
 from lmmr1.trainer import checkpoint as ckpt
@@ -74,6 +74,8 @@ class Trainer:
         _seed_everything(t.seed)
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        # rewards before models: a broken reward file must fail in a second, not after the model loads
+        self.reward = None if cfg.type == "sft" else check_rewards([RewardSpec(**asdict(r)) for r in cfg.reward])
 
         # --- models: policy, reference only when a KL term is used, critic only for GAE
         m = cfg.model
@@ -119,7 +121,6 @@ class Trainer:
         probs = [d.prob for d in cfg.data]
         self.mixer = MixtureSampler([len(d) for d in self.datasets],
                                     None if all(p is None for p in probs) else [p or 0.0 for p in probs], seed=t.seed)
-        self.reward = None if self.sft else CompositeReward([RewardSpec(**asdict(r)) for r in cfg.reward])
 
         # --- optimisation
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
