@@ -216,3 +216,17 @@ def test_resume_with_other_data_sizes(run, tiny_vlm, tmp_path):
     cfg = cfg_for(tmp_path / "new", tiny_vlm, f"train.resume={ckpt2(run)}",
                   f"data=[{{path: {RECIPES / 'data/smoke_image.jsonl'}, system_prompt: none}}]")
     assert "resume with the same data" in one_line_error(cfg)
+
+
+def test_dry_run_checks_create_and_delete_nothing(run, tmp_path):
+    from lmmr1.trainer.rundir import check_output_dir, claim
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LmmR1Error, match=r"cannot be created or written into \(Not a directory\)"):
+        check_output_dir(tmp_path / "f" / "run")
+    with pytest.raises(LmmR1Error, match="is a file"):
+        check_output_dir(tmp_path / "f")
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()
+    claim(run, {}, "overwrite", dry_run=True)
+    assert (run / "metrics.jsonl").exists() and (run / "checkpoints").is_dir()

@@ -50,6 +50,22 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
+def check_output_dir(path: Path) -> Path:
+    """Like :func:`prepare_output_dir` but creates and writes nothing (for ``--dry-run``): the
+    directory, or its nearest existing parent, must be a directory this process may write into."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise LmmR1Error(f"output_dir {path} is a file; pass a directory (it is created if missing)")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        why = "Not a directory" if not probe.is_dir() else "Permission denied"
+        raise LmmR1Error(f"output_dir {path} cannot be created or written into ({why}); pick a directory you can "
+                         "write to")
+    return path
+
+
 def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}
@@ -112,7 +128,7 @@ def last_logged_step(out: Path) -> int:
     return step
 
 
-def claim(out: Path, new_config: dict, resume: Any) -> None:
+def claim(out: Path, new_config: dict, resume: Any, dry_run: bool = False) -> None:
     """Decide, before any model loads, whether this invocation may use ``out``.
 
     * ``resume: auto`` / a checkpoint path: an earlier run in ``out`` is continued only if it was
@@ -120,10 +136,13 @@ def claim(out: Path, new_config: dict, resume: Any) -> None:
       may grow or shrink); otherwise one line names the changed settings.
     * ``resume: none``: start from step 0, but only in a directory that holds no run: mixing two
       runs' metrics (or overwriting one) is never done silently.
-    * ``resume: overwrite``: delete the earlier run's files (:data:`RUN_FILES`) and start over.
+    * ``resume: overwrite``: delete the earlier run's files (:data:`RUN_FILES`) and start over
+      (``dry_run``: only check, delete nothing).
     """
     mode = str(resume).lower() if resume not in (None, False) else "none"
     if mode == "overwrite":
+        if dry_run:
+            return
         for name in RUN_FILES:
             p = out / name
             if p.is_dir():

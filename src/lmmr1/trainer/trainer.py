@@ -518,8 +518,11 @@ class Trainer:
         params = list(self.policy.model.parameters())
         total = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        say(f"model: {cfg.model.path} ({self.policy.model_type}, {total / 1e6:.2f}M parameters, "
-            f"{trainable / 1e6:.2f}M trainable{', LoRA' if cfg.model.lora_r > 0 else ''}) on {self.device}",
+        def count(n: int) -> str:
+            return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+        say(f"model: {cfg.model.path} ({self.policy.model_type}, {count(total)} parameters, "
+            f"{count(trainable)} trainable{', LoRA' if cfg.model.lora_r > 0 else ''}) on {self.device}",
             markup=False, highlight=False)
         say("data: " + ", ".join(f"{ds.name} {len(ds)} rows" + (f" (p={d.prob})" if d.prob is not None else "")
                                  for ds, d in zip(self.datasets, cfg.data, strict=True)), markup=False, highlight=False)
