@@ -106,6 +106,28 @@ def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_a_torn_line(tmp_path
     assert truncate_jsonl(f, 5) == 0 and steps_in(f) == [1, 2]
 
 
+def test_metrics_logger_on_resume_keeps_one_row_per_step_in_jsonl_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lmmr1.trainer.logging import MetricsLogger
+
+    first = MetricsLogger(tmp_path, console=Console(quiet=True))
+    for s in (1, 2, 3):  # killed after step 3; the newest checkpoint is step 2
+        first.log({"step": s, "kl": float(s)})
+        first.log_samples([{"step": s, "completion": "x"}])
+    first.close()
+    again = MetricsLogger(tmp_path, console=Console(quiet=True), start_step=2)
+    assert again.removed_rows == 1
+    for s in (3, 4):
+        again.log({"step": s, "kl": 10.0 * s})
+    again.close()
+    assert steps_in(tmp_path / "metrics.jsonl") == [1, 2, 3, 4] and steps_in(tmp_path / "samples.jsonl") == [1, 2]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("kl")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
 def test_recipe_changes_name_the_settings_and_ignore_what_does_not_change_results():
     old = {"output_dir": "a", "optim": {"lr": 0.01}, "train": {"steps": 4, "num_threads": 1, "resume": "auto"},
            "data": [{"path": "x.jsonl", "prob": None}], "algo": {"kl_coef": 0.0}}
