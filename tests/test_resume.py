@@ -129,10 +129,11 @@ def test_metrics_logger_on_resume_keeps_one_row_per_step_in_jsonl_and_tensorboar
 
 
 def test_recipe_changes_name_the_settings_and_ignore_what_does_not_change_results():
-    old = {"output_dir": "a", "optim": {"lr": 0.01}, "train": {"steps": 4, "num_threads": 1, "resume": "auto"},
+    old = {"output_dir": "a", "optim": {"lr": 0.01}, "train": {"steps": 4, "num_threads": 1, "resume": "auto",
+                                                                "wandb_entity": "you"},
            "data": [{"path": "x.jsonl", "prob": None}], "algo": {"kl_coef": 0.0}}
     new = {"output_dir": "b", "optim": {"lr": 0.02}, "train": {"steps": 4, "num_threads": 4, "resume": "none",
-                                                                 "new_knob": 1},
+                                                                 "new_knob": 1, "wandb_entity": "me"},
            "data": [{"path": "x.jsonl", "prob": 0.5}], "algo": {"kl_coef": 0.0}}
     assert recipe_changes(old, new) == ["data.0.prob", "optim.lr"]
     assert recipe_changes(old, {**new, "data": [{"path": "x.jsonl"}, {"path": "y.jsonl"}]}) == ["data", "optim.lr"]

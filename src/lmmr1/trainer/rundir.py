@@ -27,8 +27,9 @@ import yaml
 from lmmr1.errors import LmmR1Error
 
 # Settings that do not change what a run computes: they may differ between invocations of one run.
-NOT_RESULTS = ("output_dir", "train.resume", "train.num_threads", "train.tensorboard", "train.wandb",
-               "train.wandb_project", "train.save_every", "train.keep_checkpoints", "train.log_samples", "model.device")
+# A trailing * matches any key with that prefix (train.wandb*: wandb, wandb_project, wandb_entity, ...).
+NOT_RESULTS = ("output_dir", "train.resume", "train.num_threads", "train.tensorboard", "train.wandb*",
+               "train.save_every", "train.keep_checkpoints", "train.log_samples", "model.device")
 # What a run leaves in its output_dir (train.resume=overwrite deletes exactly these).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "train.log", "tensorboard", "checkpoints", "final",
              "base_model")
@@ -99,7 +100,8 @@ def recipe_changes(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[s
     a, b = _leaves(_normalise(old)), _leaves(_normalise(new))
     changed = []
     for k in sorted(set(a) & set(b)):
-        if any(k == s or k.startswith(s + ".") for s in skip) or a[k] == b[k]:
+        if any(k.startswith(s[:-1]) if s.endswith("*") else (k == s or k.startswith(s + ".")) for s in skip) \
+                or a[k] == b[k]:
             continue
         changed.append(k[: -len(".#")] if k.endswith(".#") else k)
     if any(k.endswith(".#") and a.get(k) != b.get(k) for k in set(a) & set(b)):  # lists of another length
