@@ -23,6 +23,7 @@ import yaml
 from rich.console import Console
 
 from lmmr1.trainer.config import Config, ConfigError, _from_dict, _resolve_paths, apply_overrides, to_dict
+from lmmr1.trainer.rundir import describe_changes, recipe_changes
 
 PIPELINE_KEYS = ("stages", "synth", "eval")
 
@@ -145,28 +146,17 @@ def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: C
     return results
 
 
-def _comparable(d: dict) -> dict:
-    """A stage config minus what legitimately differs between invocations of the same run."""
-    d = copy.deepcopy(d)
-    d.pop("output_dir", None)
-    d["model"].pop("path", None), d["model"].pop("tiny", None)
-    d["train"].pop("resume", None)
-    for ds in d.get("data") or []:
-        ds["path"] = str(Path(ds["path"]).resolve())
-    return d
-
-
 def _check_finished_stage(name: str, cfg: Config, sdir: Path) -> None:
     """A finished stage is skipped only if the recipe still asks for the same stage: after an edit
     of the recipe (or a new version of it) reusing output_dir would silently report old results."""
     saved = sdir / "config.yaml"
     if not saved.exists():
         return
-    old, new = _comparable(yaml.safe_load(saved.read_text())), _comparable(to_dict(cfg))
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    # model.path is chained from the previous stage at run time, so it is not part of the comparison
+    changed = recipe_changes(yaml.safe_load(saved.read_text()), to_dict(cfg), ignore=("model.path", "model.tiny"))
+    if changed:
         raise ConfigError(f"stage '{name}' in {sdir} finished with a different config (changed: "
-                          f"{', '.join(changed)}); use a new output_dir, or delete {sdir.parent} to start over")
+                          f"{describe_changes(changed)}); use a new output_dir, or delete {sdir.parent} to start over")
 
 
 def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console: Console | None = None) -> dict:

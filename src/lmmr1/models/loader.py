@@ -267,6 +267,20 @@ def _read_config(path: Path) -> dict:
         raise ModelLoadError(f"{cfg_file} is not valid JSON (line {e.lineno}): {e.msg}") from e
 
 
+def _check_safetensors(path: Path) -> None:
+    """Read each *.safetensors header (cheap: no tensor data is read) so a corrupt or truncated
+    weight file is one line naming the file, not a deep traceback from inside transformers."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{f} is corrupt or truncated ({str(e).splitlines()[0]}); copy the weights again "
+                                 "or point to another checkpoint") from None
+
+
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -307,6 +321,7 @@ def load_model(
         )
     if not (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))):
         raise ModelLoadError(f"{path} has config.json but no weights (*.safetensors or pytorch_model*.bin)")
+    _check_safetensors(path)
     if not ((path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()):
         raise ModelLoadError(f"{path} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     is_vlm = model_type in VLM_TYPES

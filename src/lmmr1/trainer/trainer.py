@@ -42,9 +42,10 @@ from lmmr1.rewards import RewardResult, RewardSpec, Sample, check_rewards
 from lmmr1.rollout import Rollout, SamplingParams, sample
 from lmmr1.rollout.types import concat_rollouts
 from lmmr1.trainer import checkpoint as ckpt
-from lmmr1.trainer.config import Config, dump_config
+from lmmr1.trainer import rundir
+from lmmr1.trainer.config import Config, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
-from lmmr1.trainer.logging import MetricsLogger
+from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
 
 
 def _derived_seed(*parts: Any) -> int:
@@ -67,13 +68,15 @@ class Trainer:
     def __init__(self, cfg: Config, console: Console | None = None):
         cfg.validate()
         self.cfg = cfg
-        self.console = console or Console(stderr=True)
         t = cfg.train
+        # --- the run directory, checked before any model loads: writable, and not another recipe's run
+        self.out = rundir.prepare_output_dir(Path(cfg.output_dir))
+        rundir.claim(self.out, self._recipe_dict(), t.resume)
+        self.console = TeeConsole(console or Console(stderr=True), self.out / "train.log")
+        self.console.log_only(f"=== lmmr1 train, {time.strftime('%Y-%m-%d %H:%M:%S')} ===")
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         _seed_everything(t.seed)
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         # rewards before models: a broken reward file must fail in a second, not after the model loads
         self.reward = None if cfg.type == "sft" else check_rewards([RewardSpec(**asdict(r)) for r in cfg.reward])
 
@@ -95,6 +98,8 @@ class Trainer:
                 make_tiny(base, size=m.tiny, seed=m.tiny_seed)
             m.path = str(base)
         self.resume_from = self._find_resume()
+        # read (and check) the training state before loading models: a bad checkpoint fails fast
+        self._resume_state = ckpt.load_state(self.resume_from) if self.resume_from is not None else None
         policy_path = m.path
         if self.resume_from is not None and lora is None:
             policy_path = str(self.resume_from / "model")  # exact weights of the checkpoint
@@ -437,18 +442,30 @@ class Trainer:
                 "skipped_updates": skipped, "time/step_s": dt, "tokens_per_s": n_tok / dt}
 
     # ------------------------------------------------------------------ checkpoints
+    def _recipe_dict(self) -> dict:
+        """The config as config.yaml will record it (model.tiny resolves to output_dir/base_model)."""
+        d = to_dict(self.cfg)
+        if not d["model"].get("path") and d["model"].get("tiny"):
+            d["model"]["path"] = str(self.out / "base_model")
+        return d
+
     def _find_resume(self) -> Path | None:
         r = self.cfg.train.resume
-        if r in (None, "", "none", "false", False):
+        if r in (None, "", "none", "false", False, "overwrite"):
             return None
         if r == "auto":
-            return ckpt.latest_checkpoint(Path(self.cfg.output_dir))
-        p = Path(r)
+            return ckpt.latest_checkpoint(self.out)
+        p = Path(r).expanduser()
+        if not p.is_dir():
+            raise LmmR1Error(f"train.resume={r}: no such checkpoint directory (use auto, none, overwrite, or "
+                             "a path like OUTPUT_DIR/checkpoints/step_000100)")
         if not (p / "COMPLETE").exists():
-            raise LmmR1Error(f"train.resume={r}: not a complete lmmr1 checkpoint (no COMPLETE marker)")
+            raise LmmR1Error(f"train.resume={r}: not a complete lmmr1 checkpoint (no COMPLETE marker; it was "
+                             "interrupted while being written): pick an earlier checkpoint")
         return p
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly; saved as safetensors + JSON (checkpoint.py), never pickled."""
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -466,19 +483,30 @@ class Trainer:
         return state
 
     def _restore(self, path: Path) -> None:
-        state = ckpt.load_state(path)
-        self.step = int(state["step"])
-        if "lora" in state:
-            self.policy.model.load_state_dict(state["lora"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.mixer.load_state_dict(state["data"])
-        self.kl.load_state_dict(state["kl"])
-        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
-        if self.critic is not None and "critic" in state:
-            self.critic.load_state_dict(state["critic"])
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        ckpt.set_rng_state(state["rng"])
+        state = self._resume_state if self._resume_state is not None else ckpt.load_state(path)
+        self._resume_state = None
+        where = path / ckpt.STATE_JSON
+        try:
+            self.step = int(state["step"])
+            if "lora" in state:
+                self.policy.model.load_state_dict(state["lora"], strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.mixer.load_state_dict(state["data"])
+            self.kl.load_state_dict(state["kl"])
+            self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+            if self.critic is not None:
+                if "critic" not in state:
+                    raise KeyError("critic")
+                self.critic.load_state_dict(state["critic"])
+                self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            ckpt.set_rng_state(state["rng"])
+        except KeyError as e:
+            raise ckpt.CheckpointError(f"{where}: the trainer state has no {e}; the checkpoint is incomplete or from "
+                                       "another kind of run (delete it, or train.resume=none in a new output_dir)") from None
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise ckpt.CheckpointError(f"{where} does not fit this run ({str(e).splitlines()[0]}); resume with the "
+                                       "recipe that wrote it, or start a new output_dir") from None
         self.console.print(f"resumed from {path} (step {self.step})")
 
     def save(self) -> Path:
@@ -486,21 +514,66 @@ class Trainer:
         ckpt.save_checkpoint(path, self.policy.save_pretrained, self.state_dict(), self.cfg.train.keep_checkpoints)
         return path
 
+    def _startup_summary(self) -> None:
+        """What this run is about to do, printed once (and kept in train.log)."""
+        cfg, say = self.cfg, self.console.print
+        params = list(self.policy.model.parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        def count(n: int) -> str:
+            return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+        say(f"model: {cfg.model.path} ({self.policy.model_type}, {count(total)} parameters, "
+            f"{count(trainable)} trainable{', LoRA' if cfg.model.lora_r > 0 else ''}) on {self.device}",
+            markup=False, highlight=False)
+        say("data: " + ", ".join(f"{ds.name} {len(ds)} rows" + (f" (p={d.prob})" if d.prob is not None else "")
+                                 for ds, d in zip(self.datasets, cfg.data, strict=True)), markup=False, highlight=False)
+        a = cfg.algo
+        if self.sft:
+            say(f"algo: sft, lr {cfg.optim.lr:g}", highlight=False)
+        else:
+            say("rewards: " + ", ".join(f"{r.name or r.path or r.url} x{1.0 if r.weight is None else r.weight:g}"
+                                        for r in cfg.reward), markup=False, highlight=False)
+            say(f"algo: {a.advantage}, loss_agg {a.loss_agg}, ratio {a.ratio_level}, clip "
+                f"[{a.clip_low:g}, {a.clip_high:g}], kl_coef {a.kl_coef:g}{' (in reward)' if a.kl_in_reward else ''}, "
+                f"rollout.n {cfg.rollout.n}, lr {cfg.optim.lr:g}", highlight=False)
+        start = f"resuming from {self.resume_from} (step {self.step})" if self.resume_from else "a new run from step 0"
+        say(f"output_dir: {self.out}; {start}; {cfg.train.steps} steps", markup=False, highlight=False)
+        say(SFT_LEGEND if self.sft else RL_LEGEND, markup=False, highlight=False, style="dim")
+
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
+        """Run to ``train.steps``.  Ctrl-C finishes the step in progress, saves a complete checkpoint,
+        prints the command that resumes, and re-raises KeyboardInterrupt (a second Ctrl-C stops at
+        once without saving)."""
         t = self.cfg.train
+        start = self.step
         dump_config(self.cfg, self.out / "config.yaml")
         logger = MetricsLogger(self.out, tensorboard=t.tensorboard, wandb=t.wandb, wandb_project=t.wandb_project,
                                wandb_run_name=t.wandb_run_name, wandb_entity=t.wandb_entity,
-                               config=asdict(self.cfg), console=self.console)
+                               config=asdict(self.cfg), console=self.console, start_step=start)
+        if logger.removed_rows:
+            self.console.print(f"metrics.jsonl: removed {logger.removed_rows} rows after step {start} "
+                               "(they are replayed now)", highlight=False)
+        self._startup_summary()
         last: dict[str, Any] = {}
         die_at = int(os.environ.get("LMMR1_KILL_AT_STEP", "0"))  # tests: SIGKILL before this step starts
         progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+        interrupted = {"asked": False, "told": False}
+
+        def on_sigint(signum, frame):
+            if interrupted["asked"]:
+                raise KeyboardInterrupt
+            interrupted["asked"] = True
+            self.console.print(f"[yellow]Ctrl-C: finishing step {self.step + 1}, then saving a checkpoint "
+                               "(Ctrl-C again stops now without saving)[/]", highlight=False)
+
+        previous = _install_sigint(on_sigint)
         try:
             with progress:
                 task = progress.add_task("train", total=t.steps, completed=self.step)
-                while self.step < t.steps:
+                while self.step < t.steps and not interrupted["asked"]:
                     if die_at and self.step + 1 == die_at:
                         os.kill(os.getpid(), signal.SIGKILL)
                     m = self.sft_step() if self.sft else self.train_step()
@@ -508,19 +581,54 @@ class Trainer:
                     logger.log(m)
                     logger.log_samples(samples)
                     if "reward/mean" in m or "loss/sft" in m:
-                        progress.console.print(logger.summary_line(m), highlight=False)
+                        progress.console.print(logger.summary_line(m), highlight=False, soft_wrap=True)
                     progress.update(task, completed=self.step)
                     last = m
                     if t.save_every and self.step % t.save_every == 0 and self.step < t.steps:
                         self.save()
+            if interrupted["asked"]:
+                done = ckpt.checkpoint_dir(self.out, self.step)
+                if self.step > 0 and not (done / "COMPLETE").exists():
+                    done = self.save()
+                where = f"checkpoint {done}" if (done / "COMPLETE").exists() else "nothing to save yet"
+                self.console.print(f"interrupted after step {self.step} ({where}); resume with: "
+                                   f"{rundir.resume_command()}", markup=False, highlight=False, soft_wrap=True)
+                interrupted["told"] = True
+                raise KeyboardInterrupt
             self.save()
             self.policy.save_pretrained(self.out / "final", lora_save=self.cfg.model.lora_save)
+        except KeyboardInterrupt:
+            if not interrupted["told"]:
+                latest = ckpt.latest_checkpoint(self.out)
+                self.console.print(f"stopped without saving at step {self.step}; last checkpoint: {latest or 'none'}; "
+                                   f"resume with: {rundir.resume_command()}", markup=False, highlight=False,
+                                   soft_wrap=True)
+            raise
+        except Exception as e:
+            self.console.log_only(f"error: {e}")  # the command line prints it; train.log keeps it too
+            raise
         finally:
+            _restore_sigint(previous)
             logger.close()
             if self.reward is not None:
                 self.reward.close()
-        self.console.print(f"done: {self.step} steps; final model in {self.out / 'final'}")
+        self.console.print(f"done: {self.step} steps; final model in {self.out / 'final'}", highlight=False)
+        self.console.close()
         return last
+
+
+def _install_sigint(handler):
+    """Ctrl-C handled by ``handler`` while training (only possible in the main thread)."""
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Python's default
+        return None
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, previous)
 
 
 def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
