@@ -97,6 +97,8 @@ def test_sft_step_is_bit_identical_after_moving_to_its_own_module(tmp_path):
         "model.tiny=tiny", "type=sft", f"data=[{{path: {data['text']}, system_prompt: none}}, "
         f"{{path: {data['image']}, system_prompt: none}}]", "train.steps=3", "train.prompts_per_step=8",
         "train.micro_batch_size=3", "optim.lr=0.003", "optim.warmup_steps=2", "train.num_threads=2"],
-        ["loss/sft", "grad_norm", "response_length/mean"])
+        ["loss/sft", "grad_norm", "response_length/mean", "lr"])
+    # issue 9 item 5: the logged lr is the rate each step used: warm-up 1/2, 2/2, then cosine at progress 0
+    assert [r.pop() for r in rows] == pytest.approx([0.0015, 0.003, 0.003])
     assert rows == [[6.961026430130005, 5.34351110458374, 21.0], [6.30783486366272, 4.126391887664795, 21.0], [5.766706466674805, 4.154551982879639, 21.0]]
     assert sha == "81af0f3ca2db0fbc0d80a9b5e7b37fee6ce345a137c3e810789864b392d33669"
