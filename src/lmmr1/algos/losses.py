@@ -141,7 +141,7 @@ class KLController:
         self.value, self.target, self.horizon = float(coef), target, horizon
 
     def update(self, current_kl: float, n_samples: int) -> None:
-        if self.target is None:
+        if self.target is None or current_kl != current_kl:  # NaN measures nothing: keep beta
             return
         err = max(-0.2, min(0.2, current_kl / self.target - 1.0))
         self.value *= 1.0 + err * n_samples / self.horizon

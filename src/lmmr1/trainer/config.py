@@ -157,6 +157,8 @@ class Config:
             raise ConfigError(_suggest("algo.ratio_level", self.algo.ratio_level, ("token", "sequence")))
         if err := ratio_pairing_error(self.algo.ratio_level, self.algo.loss_agg):
             raise ConfigError(err)
+        if self.algo.dual_clip is not None and not self.algo.dual_clip > 1:
+            raise ConfigError(f"algo.dual_clip must be > 1 (typically 3) or null, got {self.algo.dual_clip}")
         if self.algo.kl_target is not None and not self.algo.kl_target > 0:
             raise ConfigError(f"algo.kl_target must be > 0 (the KL the adaptive coefficient steers to), "
                               f"got {self.algo.kl_target}")
