@@ -13,7 +13,7 @@ import torch
 from lmmr1.models import load_model
 from lmmr1.models.sequence import completion_logprobs
 from lmmr1.rollout import SamplingParams, sample
-from lmmr1.rollout.sampler import _filter_top_k_top_p
+from lmmr1.rollout.sampler import filter_top_k_top_p
 from tests.conftest import user
 
 
@@ -122,11 +122,11 @@ def test_text_only_model_generation_and_logprobs(tiny_lm, use_static):
 
 def test_top_k_top_p_filter_hand_example():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = torch.isfinite(_filter_top_k_top_p(logits, 0, 0.8))
+    kept = torch.isfinite(filter_top_k_top_p(logits, 0, 0.8))
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
-    kept = torch.isfinite(_filter_top_k_top_p(logits, 0, 0.81))
+    kept = torch.isfinite(filter_top_k_top_p(logits, 0, 0.81))
     assert kept.tolist() == [[True, True, True, False]]
-    kept = torch.isfinite(_filter_top_k_top_p(logits[:, [2, 0, 3, 1]], 1, 1.0))
+    kept = torch.isfinite(filter_top_k_top_p(logits[:, [2, 0, 3, 1]], 1, 1.0))
     assert kept.tolist() == [[False, True, False, False]]
 
 

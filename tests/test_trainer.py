@@ -173,3 +173,96 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path, tiny_vlm):
     assert 0 < stats["dynamic/kept_frac"] < 1 and stats["dynamic/rounds"] >= 1
     scores = torch.tensor(res.total).view(-1, 4)
     assert ((scores.max(-1).values - scores.min(-1).values) > 0).all()
+
+
+# ---------------------------------------------------------------- issue 9: critic, logged numbers, config pairs
+def test_critic_backbone_trains_with_fresh_grads_decay_and_the_policy_schedule(tmp_path, tiny_vlm):
+    """After 2 GAE steps every trainable backbone tensor has moved.  Image prompts only, so the vision
+    tower is in every batch; the value head starts at 0, so the first update moves only the head (no
+    gradient reaches the backbone through a zero head) and the second moves the whole backbone."""
+    images = f"data=[{{path: {RECIPES / 'data/smoke_image.jsonl'}, system_prompt: none}}]"
+    cfg = make_cfg(tmp_path, tiny_vlm, images, "algo.advantage=gae", "optim.weight_decay=0.0",
+                   "optim.warmup_steps=4", "train.steps=2")
+    trainer = Trainer(cfg)
+    critic = trainer.critic
+    backbone = dict(critic.backbone.named_parameters())
+    trainable = {k for k, p in backbone.items() if p.requires_grad}
+    # the tiny VLM's transformer has 56 tensors; its input embedding is tied to the unused LM head and frozen
+    assert len(backbone) == 56 and len(trainable) == 55
+    in_optimizer = {id(p) for g in trainer.critic_optimizer.param_groups for p in g["params"]}
+    assert {id(backbone[k]) for k in trainable} <= in_optimizer
+    assert set(critic.state_dict()) == {f"backbone.{k}" for k in backbone} | {"head.weight", "head.bias"}
+    before = {k: p.detach().clone() for k, p in backbone.items()}
+    for k in trainable:  # a stale gradient must be cleared by the update, not added to
+        backbone[k].grad = torch.full_like(backbone[k], 1e3)
+    lrs = []
+    for _ in range(2):
+        trainer.train_step()
+        lrs.append(trainer.critic_optimizer.param_groups[0]["lr"])
+    changed = {k for k, p in backbone.items() if not torch.equal(before[k], p)}
+    assert changed == trainable  # 55 of 55 trainable backbone tensors moved (0 before the fix)
+    assert sum(k.startswith("visual.") for k in changed) == 30 and len(changed - {"visual"}) == 55
+    assert max(backbone[k].grad.abs().max().item() for k in trainable) < 1e2
+    # critic lr = critic_lr (default optim.lr * 10 = 0.1) x warm-up (step + 1) / 4
+    assert lrs == pytest.approx([0.1 * 1 / 4, 0.1 * 2 / 4])
+
+
+def test_critic_optimizer_uses_the_configured_weight_decay_and_resumes(tmp_path, tiny_vlm):
+    cfg = make_cfg(tmp_path, tiny_vlm, "algo.advantage=gae", "optim.weight_decay=0.05", "train.steps=1")
+    trainer = Trainer(cfg)
+    assert [g["weight_decay"] for g in trainer.critic_optimizer.param_groups] == [0.05]  # not torch's 0.01
+    trainer.train()
+    saved = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
+    assert any(not torch.equal(saved[k], v) for k, v in Trainer(make_cfg(tmp_path / "fresh", tiny_vlm,
+               "algo.advantage=gae")).critic.state_dict().items())  # the trained critic differs from a fresh one
+    resumed = Trainer(make_cfg(tmp_path, tiny_vlm, "algo.advantage=gae", "optim.weight_decay=0.05",
+                               "train.steps=1"))
+    assert resumed.step == 1
+    for k, v in resumed.critic.state_dict().items():
+        assert torch.equal(saved[k], v), k
+
+
+def test_logged_lr_is_the_rate_used_by_that_step(tmp_path, tiny_vlm):
+    cfg = make_cfg(tmp_path, tiny_vlm, "optim.warmup_steps=4", "train.steps=6", "optim.lr=0.01",
+                   "optim.min_lr_ratio=0.0", "train.save_every=0")
+    Trainer(cfg).train()
+    lrs = [r["lr"] for r in read_metrics(Path(cfg.output_dir))]
+    # warm-up (s+1)/4 for steps 1-4; then cosine over the 2 remaining steps: progress 0 -> 1.0, 0.5 -> 0.5
+    assert lrs == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.005])
+
+
+def _one_step_metrics(tmp_path, tiny_vlm, name, *overrides):
+    const = tmp_path / "one.py"
+    const.write_text("def one(samples):\n    return [1.0 for _ in samples]\n")
+    cfg = make_cfg(tmp_path / name, tiny_vlm, f"reward=[{{path: {const}, name: one}}]", "train.steps=1",
+                   *overrides)
+    Trainer(cfg).train()
+    return read_metrics(Path(cfg.output_dir))[0]
+
+
+def test_logged_policy_loss_is_the_mini_batch_loss_not_divided_by_micro_batches(tmp_path, tiny_vlm):
+    # constant reward -> GRPO advantage 0, so at step 1 the loss is exactly -entropy_coef * token-mean entropy
+    whole = _one_step_metrics(tmp_path, tiny_vlm, "whole", "algo.entropy_coef=0.1", "train.micro_batch_size=16")
+    micro = _one_step_metrics(tmp_path, tiny_vlm, "micro", "algo.entropy_coef=0.1", "train.micro_batch_size=3")
+    assert whole["loss/policy"] == pytest.approx(-0.1 * whole["entropy"], rel=1e-5)  # one micro-batch: exact
+    # six micro-batches (3+3+3+3+3+1) add up to the same mini-batch loss (before the fix: a sixth of it)
+    assert micro["loss/policy"] == pytest.approx(whole["loss/policy"], rel=1e-5)
+
+
+def test_logged_value_loss_is_the_mini_batch_loss(tmp_path, tiny_vlm):
+    # constant reward 1, gamma = lam = 1: every return R_t = 1 and V = 0 at step 1 (zero-initialised head),
+    # so the value loss is 0.5 * mean((V - R)^2) = 0.5 whatever the lengths and the micro-batching
+    m = _one_step_metrics(tmp_path, tiny_vlm, "gae", "algo.advantage=gae", "algo.lam=1.0",
+                          "train.micro_batch_size=3")
+    assert m["loss/value"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_gspo_pairing_and_adaptive_kl_config_errors(tmp_path, tiny_vlm):
+    with pytest.raises(ConfigError, match=r"^algo.ratio_level=sequence \(GSPO\) needs "
+                                          r"algo.loss_agg=seq_mean_token_mean \(got token_mean\)"):
+        make_cfg(tmp_path, tiny_vlm, "algo.ratio_level=sequence").validate()
+    make_cfg(tmp_path, tiny_vlm, "algo.ratio_level=sequence", "algo.loss_agg=seq_mean_token_mean").validate()
+    with pytest.raises(ConfigError, match=r"^algo.kl_target=0.1 scales algo.kl_coef by a factor each step, so it "
+                                          r"needs an initial algo.kl_coef > 0 \(got 0.0\), e.g. 0.001$"):
+        Trainer(make_cfg(tmp_path, tiny_vlm, "algo.kl_target=0.1"))  # refused before any model is loaded
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

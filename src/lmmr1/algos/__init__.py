@@ -3,6 +3,8 @@
 from lmmr1.algos.advantages import ESTIMATORS, GROUP_ESTIMATORS, compute_advantages
 from lmmr1.algos.losses import (
     AGG_MODES,
+    KL_VALUE_CLAMP,
+    LOG_RATIO_CLAMP,
     KLController,
     aggregate,
     groups_with_signal,
@@ -10,6 +12,14 @@ from lmmr1.algos.losses import (
     ppo_clip_loss,
     value_loss,
 )
+from lmmr1.algos.objective import (
+    ObjectiveOut,
+    ObjectiveSettings,
+    check_ratio_pairing,
+    policy_objective,
+    ratio_pairing_error,
+)
 
-__all__ = ["AGG_MODES", "ESTIMATORS", "GROUP_ESTIMATORS", "KLController", "aggregate", "compute_advantages",
-           "groups_with_signal", "kl_estimate", "ppo_clip_loss", "value_loss"]
+__all__ = ["AGG_MODES", "ESTIMATORS", "GROUP_ESTIMATORS", "KL_VALUE_CLAMP", "LOG_RATIO_CLAMP", "KLController",
+           "ObjectiveOut", "ObjectiveSettings", "aggregate", "check_ratio_pairing", "compute_advantages",
+           "groups_with_signal", "kl_estimate", "policy_objective", "ppo_clip_loss", "ratio_pairing_error", "value_loss"]

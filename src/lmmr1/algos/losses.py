@@ -14,6 +14,16 @@ from lmmr1.errors import LmmR1Error
 
 AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
+# Clamps, as verl applies them (verl/trainer/ppo/core_algos.py).  A log-ratio of 100 overflows exp in
+# float32 (exp(88.7) = inf): the loss stays finite through the clip branch but its gradient is
+# 0 * inf = NaN and the whole update is lost.  Clamping the *log* ratio keeps the value and the
+# gradient finite; inside the range the clamp is the identity (bit for bit), so ordinary steps are
+# unchanged.  exp(20) = 4.9e8 is far beyond any clip range, so no real signal is cut.
+LOG_RATIO_CLAMP = 20.0
+# k3 = exp(-d) + d - 1 explodes as d = log pi - log ref -> -inf (exp(95) = inf in float32); verl's
+# ``kl_penalty`` clamps d to +-20 and the estimate to +-10.
+KL_VALUE_CLAMP = 10.0
+
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, *, num_tokens: float | None = None,
               num_seqs: float | None = None, max_len: int | None = None) -> torch.Tensor:
@@ -46,14 +56,18 @@ def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Ten
     """Per-token ratio pi/pi_old, or GSPO's sequence ratio (Zheng et al. 2025, eq. 7).
 
     GSPO: s_i = exp(mean_t (log pi - log pi_old)); written per token as sg[s_i] * pi_t / sg[pi_t]
-    so its value is s_i on every token and its gradient is s_i * grad(mean_t log pi_t).
+    so its value is s_i on every token and its gradient is s_i * grad(mean_t log pi_t).  GSPO's
+    objective averages per sequence, so it must be aggregated with ``seq_mean_token_mean``.
+
+    Log-ratios are clamped to +-LOG_RATIO_CLAMP before exp (finite value and gradient at any input).
     """
     log_ratio = (logp - old_logp) * mask
     if level == "token":
-        return torch.exp(log_ratio)
+        return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     if level == "sequence":
         seq = (log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)).detach()
-        return torch.exp(seq.unsqueeze(-1) + logp - logp.detach())
+        log_seq = seq.unsqueeze(-1) + logp - logp.detach()
+        return torch.exp(log_seq.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     raise LmmR1Error(f"unknown ratio level {level!r}; use token or sequence")
 
 
@@ -99,6 +113,11 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
     """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL", 2020).
 
     k1 = log pi - log ref;  k2 = (log pi - log ref)^2 / 2;  k3 = exp(log ref - log pi) - (log ref - log pi) - 1.
+
+    k3 (verl's ``low_var_kl``) is computed on d clamped to +-LOG_RATIO_CLAMP and its value clamped
+    to +-KL_VALUE_CLAMP, as verl does: unclamped, d = -95 gives inf, and with the KL in the reward
+    one inf turns every advantage of the batch into NaN.  k1 and k2 are polynomial in d (finite
+    for any finite input) and are not clamped, also as in verl.
     """
     d = logp - ref_logp
     if kind == "k1":
@@ -106,7 +125,8 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
     if kind == "k2":
         return 0.5 * d * d
     if kind == "k3":
-        return torch.exp(-d) + d - 1.0
+        d = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return (torch.exp(-d) + d - 1.0).clamp(-KL_VALUE_CLAMP, KL_VALUE_CLAMP)
     raise LmmR1Error(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
 
 
@@ -114,10 +134,14 @@ class KLController:
     """Fixed coefficient, or adaptive (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, +-0.2) * n/horizon."""
 
     def __init__(self, coef: float, target: float | None = None, horizon: int = 10000):
+        if target is not None and not coef > 0:
+            # beta changes by a factor, so beta = 0 stays 0 forever (and a reference model is loaded for nothing)
+            raise LmmR1Error(f"an adaptive KL coefficient (kl_target={target}) starts from kl_coef and scales it; "
+                             f"kl_coef must be > 0, got {coef}")
         self.value, self.target, self.horizon = float(coef), target, horizon
 
     def update(self, current_kl: float, n_samples: int) -> None:
-        if self.target is None:
+        if self.target is None or current_kl != current_kl:  # NaN measures nothing: keep beta
             return
         err = max(-0.2, min(0.2, current_kl / self.target - 1.0))
         self.value *= 1.0 + err * n_samples / self.horizon

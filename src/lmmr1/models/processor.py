@@ -200,6 +200,28 @@ class ChatProcessor:
         if len(images) != n:
             raise InputError(f"{n} prompts but {len(images)} image lists; give one (possibly empty) list per prompt")
 
+        texts, row_images = self._render_rows(batch_messages, images, names, add_generation_prompt)
+        flat = [im for imgs in row_images for im in imgs]
+        pixel_values = grid = None
+        if flat:
+            pixel_values, grid = self.process_images(flat)
+        ids_rows, g = [], 0
+        for i, (text, imgs) in enumerate(zip(texts, row_images, strict=True)):
+            ids_rows.append(self._tokenize_row(text, grid[g : g + len(imgs)] if imgs else None, len(imgs), names[i]))
+            g += len(imgs)
+        input_ids, attention_mask, mm = self._left_padded(ids_rows)
+        return PromptBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm,
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
+            images_per_row=[len(x) for x in row_images],
+            texts=texts,
+        )
+
+    def _render_rows(self, batch_messages, images, names, add_generation_prompt: bool):
+        """Check each row (messages, one image per placeholder, images only for a VLM) and render it."""
         texts, row_images = [], []
         for i, (msgs, imgs) in enumerate(zip(batch_messages, images, strict=True)):
             if not isinstance(msgs, list) or not msgs:
@@ -217,46 +239,44 @@ class ChatProcessor:
                 )
             texts.append(self.render(msgs, add_generation_prompt))
             row_images.append(list(imgs))
+        return texts, row_images
 
-        flat = [im for imgs in row_images for im in imgs]
-        pixel_values = grid = None
-        if flat:
-            pixel_values, grid = self.process_images(flat)
+    def _tokenize_row(self, text: str, grid: torch.Tensor | None, n_images: int, name: str) -> list[int]:
+        """Token ids of one rendered prompt, each image marker expanded to its image's token count
+        (``grid``: the row's image_grid_thw rows); the counts are checked before any forward pass."""
+        if text.count(IMAGE_PAD) != n_images or text.count(IMAGE_PLACEHOLDER) != n_images:
+            raise InputError(
+                f"{name}: the rendered prompt has {text.count(IMAGE_PAD)} '{IMAGE_PAD}' markers for "
+                f"{n_images} image(s); the message text must not contain '{IMAGE_PAD}' itself"
+            )
+        expected = 0
+        if n_images:
+            parts = text.split(IMAGE_PAD)
+            pieces = [parts[0]]
+            for k in range(n_images):
+                n_tok = self.num_image_tokens(grid[k])
+                expected += n_tok
+                pieces.append(IMAGE_PAD * n_tok)
+                pieces.append(parts[k + 1])
+            text = "".join(pieces)
+        ids = self.encode_text(text)
+        got = sum(1 for t in ids if t == self.image_token_id) if self.image_token_id is not None else 0
+        if got != expected:
+            raise InputError(
+                f"{name}: prompt holds {got} image tokens but its images need {expected}; "
+                f"the text must not contain '{IMAGE_PAD}' itself"
+            )
+        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            raise InputError(
+                f"{name}: prompt is {len(ids)} tokens ({expected} of them image tokens), over "
+                f"max_prompt_tokens={self.max_prompt_tokens}; raise the limit or shrink the image "
+                "pixel budget (truncating would cut image tokens)"
+            )
+        return ids
 
-        ids_rows, g = [], 0
-        for i, (text, imgs) in enumerate(zip(texts, row_images, strict=True)):
-            if text.count(IMAGE_PAD) != len(imgs) or text.count(IMAGE_PLACEHOLDER) != len(imgs):
-                raise InputError(
-                    f"{names[i]}: the rendered prompt has {text.count(IMAGE_PAD)} '{IMAGE_PAD}' markers for "
-                    f"{len(imgs)} image(s); the message text must not contain '{IMAGE_PAD}' itself"
-                )
-            expected = 0
-            if imgs:
-                parts = text.split(IMAGE_PAD)
-                pieces = [parts[0]]
-                for k in range(len(imgs)):
-                    n_tok = self.num_image_tokens(grid[g + k])
-                    expected += n_tok
-                    pieces.append(IMAGE_PAD * n_tok)
-                    pieces.append(parts[k + 1])
-                text = "".join(pieces)
-                g += len(imgs)
-            ids = self.encode_text(text)
-            got = sum(1 for t in ids if t == self.image_token_id) if self.image_token_id is not None else 0
-            if got != expected:
-                raise InputError(
-                    f"{names[i]}: prompt holds {got} image tokens but its images need {expected}; "
-                    f"the text must not contain '{IMAGE_PAD}' itself"
-                )
-            if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-                raise InputError(
-                    f"{names[i]}: prompt is {len(ids)} tokens ({expected} of them image tokens), over "
-                    f"max_prompt_tokens={self.max_prompt_tokens}; raise the limit or shrink the image "
-                    "pixel budget (truncating would cut image tokens)"
-                )
-            ids_rows.append(ids)
-
-        length = max(len(r) for r in ids_rows)
+    def _left_padded(self, ids_rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, mm_token_type_ids), left-padded to the longest row."""
+        n, length = len(ids_rows), max(len(r) for r in ids_rows)
         input_ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((n, length), dtype=torch.long)
         for i, r in enumerate(ids_rows):
@@ -269,15 +289,7 @@ class ChatProcessor:
         if self.video_token_id is not None:
             mm[input_ids == self.video_token_id] = 2
         mm[attention_mask == 0] = 0
-        return PromptBatch(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            mm_token_type_ids=mm,
-            pixel_values=pixel_values,
-            image_grid_thw=grid,
-            images_per_row=[len(x) for x in row_images],
-            texts=texts,
-        )
+        return input_ids, attention_mask, mm
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         self.tokenizer.save_pretrained(out_dir)

@@ -17,7 +17,12 @@ from lmmr1.models.sequence import completion_hidden
 class Critic(nn.Module):
     def __init__(self, lm: LoadedModel):
         super().__init__()
-        self.lm = lm
+        self.lm = lm  # forward helpers; a plain dataclass, so nn.Module does not see the weights through it
+        # Register the transformer (vision tower + language model, without the unused LM head) as a
+        # submodule: only then do parameters(), state_dict() and the critic optimizer see the backbone.
+        # (Holding just ``lm`` trained a linear probe on frozen features, issue 9.)  Leaving the LM head
+        # out also keeps tied embedding/head tensors from appearing twice in state_dict().
+        self.backbone = lm.base.model
         hidden = lm.lm_head.in_features
         self.head = nn.Linear(hidden, 1, device=lm.device, dtype=torch.float32)
         nn.init.zeros_(self.head.weight)  # start at V = 0: no made-up value estimates

@@ -27,11 +27,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from lmmr1.algos import (
     KLController,
+    ObjectiveSettings,
     aggregate,
     compute_advantages,
     groups_with_signal,
     kl_estimate,
-    ppo_clip_loss,
+    policy_objective,
     value_loss,
 )
 from lmmr1.data import DataConfig, MixtureSampler, PromptDataset
@@ -42,7 +43,8 @@ from lmmr1.rewards import RewardResult, RewardSpec, Sample, check_rewards
 from lmmr1.rollout import Rollout, SamplingParams, sample
 from lmmr1.rollout.types import concat_rollouts
 from lmmr1.trainer import checkpoint as ckpt
-from lmmr1.trainer import rundir
+from lmmr1.trainer import rundir, sft
+from lmmr1.trainer.batch import StepBatch, UpdateStats
 from lmmr1.trainer.config import Config, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
 from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
@@ -133,9 +135,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.critic_optimizer = None
-        if self.critic is not None:
-            self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(),
-                                                      lr=a.critic_lr or o.lr * 10, betas=tuple(o.betas))
+        self.critic_lr = a.critic_lr or o.lr * 10  # scaled by the policy's schedule every step (train_step)
+        if self.critic is not None:  # backbone + value head (see critic.py), same decay as the policy
+            self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=self.critic_lr,
+                                                      betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.objective = ObjectiveSettings(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
+                                           ratio_level=a.ratio_level, loss_agg=a.loss_agg,
+                                           kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef)
         self.kl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
         self.step = 0
         self.nonfinite_in_a_row = 0
@@ -170,10 +176,13 @@ class Trainer:
             ro = sample(self.policy, prompts, params)
         lengths = ro.lengths.tolist()
         samples = []
-        for row in range(ro.num_rows):
-            ex = examples[int(ro.prompt_index[row])]
+        for row in range(ro.num_rows):  # what reward functions of every framework expect (rewards/base.py)
+            p = int(ro.prompt_index[row])
+            ex, dcfg = examples[p], self.cfg.data[picks[p][0]]
             samples.append(Sample(completion=ro.texts[row], answer=ex.answer, prompt=ex.prompt_text(),
-                                  fields={**ex.fields, "datasource": ex.datasource}, completion_tokens=lengths[row]))
+                                  fields={**ex.fields, "datasource": ex.datasource}, completion_tokens=lengths[row],
+                                  chat_prompt=prompts.texts[p], messages=ex.messages, source=ex.source,
+                                  columns={dcfg.label_key: ex.answer}))
         return ro, examples, (samples, self.reward(samples))
 
     def collect(self) -> tuple[Rollout, list, list, Any, dict]:
@@ -233,6 +242,7 @@ class Trainer:
         cfg, a, t = self.cfg, self.cfg.algo, self.cfg.train
         t0 = time.perf_counter()
         self.policy.model.eval()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's updates use (logged as lr)
 
         # 1-2. rollout and rule rewards
         ro, examples, samples, res, extra = self.collect()
@@ -250,91 +260,108 @@ class Trainer:
         old_logp = self._forward_all(self.policy, ro) if recompute else ro.logprobs
         ref_logp = self._forward_all(self.ref, ro) if self.ref is not None else None
         kl_tok = kl_estimate(old_logp, ref_logp, a.kl_estimator) * mask if ref_logp is not None else torch.zeros_like(mask)
-        kl_rewards = -self.kl.value * kl_tok if (self.use_ref and a.kl_in_reward) else torch.zeros_like(mask)
-        values = self._values_all(ro) if self.critic is not None else None
+        batch = StepBatch(ro, examples, samples, res, scores, old_logp, ref_logp, kl_tok,
+                          values=self._values_all(ro) if self.critic is not None else None)
 
         # 4. advantages
-        adv, returns = compute_advantages(a.advantage, scores, kl_rewards, mask, cfg.rollout.n, values=values,
-                                          gamma=a.gamma, lam=a.lam, eps=a.eps)
+        kl_rewards = -self.kl.value * kl_tok if (self.use_ref and a.kl_in_reward) else torch.zeros_like(mask)
+        batch.advantages, batch.returns = compute_advantages(a.advantage, scores, kl_rewards, mask, cfg.rollout.n,
+                                                             values=batch.values, gamma=a.gamma, lam=a.lam, eps=a.eps)
 
-        # 5. policy (and critic) updates
+        # 5. policy (and critic) updates: ppo_epochs x mini-batches, each accumulated over micro-batches
         self.policy.model.train()
+        if self.critic_optimizer is not None:  # the critic follows the policy's warm-up / cosine schedule
+            for group in self.critic_optimizer.param_groups:
+                group["lr"] = self.critic_lr * self._lr_lambda(self.step)
         N = ro.num_rows
         mb_size = t.mini_batch_size or N
         gen = torch.Generator().manual_seed(_derived_seed(t.seed, self.step, "shuffle"))
-        stats = {"clip": [], "ent": [], "gap": 0.0, "loss": [], "vloss": [], "gnorm": [], "skipped": 0,
-                 "updated": False}
+        stats = UpdateStats()
+        measure_gap = not recompute
         if recompute:  # the recomputed old log-probs already measure the rollout/train mismatch, all rows
-            stats["gap"] = float(((old_logp - ro.logprobs).abs() * mask).max())
-            stats["updated"] = True
-        for epoch in range(t.ppo_epochs):
+            stats.logprob_gap = float(((old_logp - ro.logprobs).abs() * mask).max())
+        for _epoch in range(t.ppo_epochs):
             order = torch.randperm(N, generator=gen) if (t.ppo_epochs > 1 or mb_size < N) else torch.arange(N)
             for mini in _chunks(order.to(mask.device), mb_size):
-                self._update(ro, mini, mask, old_logp, ref_logp, adv, returns, values, epoch, stats)
+                if self._update(batch, mini, stats, measure_gap=measure_gap):
+                    measure_gap = False  # from now on a gap would measure the update, not a mismatch
         self.scheduler.step()
         self.kl.update(float(kl_tok.sum() / mask.sum().clamp(min=1)), N)
         t_update = time.perf_counter() - t1
         self.step += 1
         dt = time.perf_counter() - t0
-        return self._metrics(ro, res, samples, scores, mask, kl_tok, stats, extra, t_rollout, t_update, dt)
+        return self._metrics(batch, stats, extra, lr, t_rollout, t_update, dt)
 
-    def _update(self, ro, mini, mask, old_logp, ref_logp, adv, returns, values, epoch, stats) -> None:
+    def _update(self, batch: StepBatch, mini: torch.Tensor, stats: UpdateStats, *, measure_gap: bool) -> bool:
+        """One optimizer step on the rows ``mini``, gradients accumulated over micro-batches.
+
+        Returns whether the step was applied; a non-finite loss or gradient skips it (and stops the
+        run after ``train.max_nonfinite_steps`` in a row).  ``measure_gap``: record how far the
+        training forward is from the sampling log-probs (only meaningful before any update).
+        """
         a, t = self.cfg.algo, self.cfg.train
+        ro, mask = batch.rollout, batch.mask
         m_mini = mask[mini]
-        num_tokens, num_seqs = float(m_mini.sum()), float(len(mini))
-        agg = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_len=self.cfg.rollout.max_new_tokens)
+        norm = dict(num_tokens=float(m_mini.sum()), num_seqs=float(len(mini)), max_len=self.cfg.rollout.max_new_tokens)
+        kl_coef = 0.0 if a.kl_in_reward else self.kl.value  # with kl_in_reward the KL already shaped the rewards
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
+        policy_loss = value_loss_sum = 0.0  # sums over micro-batches = this mini-batch's losses
         finite = True
         for micro in _chunks(mini, t.micro_batch_size):
             m = mask[micro]
             logp, ent = self._logprobs(self.policy, ro, micro, with_entropy=True)
-            if not stats["updated"]:  # before this step's first optimizer step: a pure rollout/train mismatch
+            if measure_gap:  # before this step's first optimizer step: a pure rollout/train mismatch
                 gap = ((logp.detach() - ro.logprobs[micro]).abs() * m).max().item()
-                stats["gap"] = max(stats["gap"], gap)
-            out = ppo_clip_loss(logp, old_logp[micro], adv[micro], m, clip_low=a.clip_low, clip_high=a.clip_high,
-                                dual_clip=a.dual_clip, ratio_level=a.ratio_level)
-            loss = aggregate(out.loss, m, a.loss_agg, **agg)
-            if ref_logp is not None and not a.kl_in_reward and self.kl.value > 0:
-                loss = loss + self.kl.value * aggregate(kl_estimate(logp, ref_logp[micro], a.kl_estimator), m,
-                                                        a.loss_agg, **agg)
-            if a.entropy_coef:
-                loss = loss - a.entropy_coef * aggregate(ent, m, a.loss_agg, **agg)
-            if not torch.isfinite(loss):
+                stats.logprob_gap = max(stats.logprob_gap, gap)
+            ref = batch.ref_logp[micro] if batch.ref_logp is not None else None
+            out = policy_objective(logp, batch.old_logp[micro], batch.advantages[micro], m, self.objective,
+                                   ref_logp=ref, kl_coef=kl_coef, entropy=ent, **norm)
+            if not torch.isfinite(out.loss):
                 finite = False
                 break
-            loss.backward()
-            stats["loss"].append(float(loss.detach()))
-            stats["clip"].append((out.clipped.float().sum() / m.sum().clamp(min=1)).item())
-            stats["ent"].append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
+            out.loss.backward()
+            policy_loss += float(out.loss.detach())
+            stats.clip_frac.append((out.clipped.float().sum() / m.sum().clamp(min=1)).item())
+            stats.entropy.append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
             if self.critic is not None:
-                with self._amp():
-                    v = self.critic.values(ro.prompts, ro.prompt_index[micro], ro.completion_ids[micro], m).float()
-                vl = a.vf_coef * aggregate(value_loss(v, values[micro], returns[micro], m, clip=a.value_clip), m,
-                                           "token_mean", num_tokens=num_tokens)
-                vl.backward()
-                stats["vloss"].append(float(vl.detach()))
+                value_loss_sum += self._critic_backward(batch, micro, norm["num_tokens"])
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm) if finite else torch.tensor(float("nan"))
         if not finite or not torch.isfinite(gnorm):
             self.optimizer.zero_grad(set_to_none=True)
-            stats["skipped"] += 1
+            stats.skipped += 1
             self.nonfinite_in_a_row += 1
             self.console.print(f"[yellow]step {self.step + 1}: non-finite loss or gradient; update skipped[/]")
             if self.nonfinite_in_a_row >= t.max_nonfinite_steps:
                 raise LmmR1Error(f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient; "
                                  "stopping. Lower optim.lr, raise optim.max_grad_norm discipline, or check the data")
-            return
+            return False
         self.nonfinite_in_a_row = 0
-        stats["gnorm"].append(float(gnorm))
+        stats.grad_norm.append(float(gnorm))
+        stats.policy_loss.append(policy_loss)
         self.optimizer.step()
-        stats["updated"] = True
         if self.critic_optimizer is not None:
-            torch.nn.utils.clip_grad_norm_(self.critic.trainable_parameters(), self.cfg.optim.max_grad_norm)
-            self.critic_optimizer.step()
+            stats.value_loss.append(value_loss_sum)
+            vnorm = torch.nn.utils.clip_grad_norm_(self.critic.trainable_parameters(), self.cfg.optim.max_grad_norm)
+            if torch.isfinite(vnorm):  # a non-finite value gradient must not poison the critic
+                self.critic_optimizer.step()
+        return True
 
-    def _metrics(self, ro, res, samples, scores, mask, kl_tok, stats, extra, t_rollout, t_update, dt) -> dict:
+    def _critic_backward(self, batch: StepBatch, micro: torch.Tensor, num_tokens: float) -> float:
+        """Clipped value loss of one micro-batch (token mean over the mini-batch), back-propagated."""
+        a, ro, m = self.cfg.algo, batch.rollout, batch.mask[micro]
+        with self._amp():
+            v = self.critic.values(ro.prompts, ro.prompt_index[micro], ro.completion_ids[micro], m).float()
+        vl = a.vf_coef * aggregate(value_loss(v, batch.values[micro], batch.returns[micro], m, clip=a.value_clip), m,
+                                   "token_mean", num_tokens=num_tokens)
+        vl.backward()
+        return float(vl.detach())
+
+    def _metrics(self, batch: StepBatch, stats: UpdateStats, extra: dict, lr: float, t_rollout: float,
+                 t_update: float, dt: float) -> dict:
+        ro, res, samples, scores, mask = batch.rollout, batch.rewards, batch.samples, batch.scores, batch.mask
         lengths = ro.lengths.float()
         n_tok = float(mask.sum())
         m: dict[str, Any] = {
@@ -359,22 +386,22 @@ class Trainer:
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "response/truncated_frac": sum(f == "length" for f in ro.finish_reasons) / ro.num_rows,
-            "kl": float(kl_tok.sum() / max(n_tok, 1.0)),
+            "kl": float(batch.kl_tok.sum() / max(n_tok, 1.0)),
             "kl_coef": self.kl.value,
-            "entropy": float(np.mean(stats["ent"])) if stats["ent"] else 0.0,
-            "clip_frac": float(np.mean(stats["clip"])) if stats["clip"] else 0.0,
-            "loss/policy": float(np.mean(stats["loss"])) if stats["loss"] else float("nan"),
-            "grad_norm": float(np.mean(stats["gnorm"])) if stats["gnorm"] else float("nan"),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "logprob_gap/max": stats["gap"],
-            "skipped_updates": stats["skipped"],
+            "entropy": stats.mean(stats.entropy),
+            "clip_frac": stats.mean(stats.clip_frac),
+            "loss/policy": stats.mean(stats.policy_loss, float("nan")),
+            "grad_norm": stats.mean(stats.grad_norm, float("nan")),
+            "lr": lr,
+            "logprob_gap/max": stats.logprob_gap,
+            "skipped_updates": stats.skipped,
             "time/rollout_s": t_rollout,
             "time/update_s": t_update,
             "time/step_s": dt,
             "tokens_per_s": n_tok / dt if dt > 0 else 0.0,
         })
-        if stats["vloss"]:
-            m["loss/value"] = float(np.mean(stats["vloss"]))
+        if stats.value_loss:
+            m["loss/value"] = stats.mean(stats.value_loss)
         for k, v in self.reward.stats().items():
             m[f"reward/{k}"] = v
         m.update(extra)
@@ -388,41 +415,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ supervised (cold start)
     def sft_step(self) -> dict[str, Any]:
-        """One SFT step: token-mean NLL of the assistant response given the prompt (loss on the
-        response tokens only), computed by the same teacher-forced forward RL uses."""
+        """One SFT step (the pieces are in trainer/sft.py): token-mean NLL of the assistant response
+        given the prompt, computed by the same teacher-forced forward RL uses."""
         t = self.cfg.train
         t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's update uses (logged as lr)
         picks = self.mixer.take(t.prompts_per_step)
         examples = [self.datasets[d][i] for d, i in picks]
-        targets = []
-        end = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        for (d, _), ex in zip(picks, examples, strict=True):
-            key = self.cfg.data[d].response_key
-            resp = ex.fields.get(key)
-            if not isinstance(resp, str) or not resp.strip():
-                raise LmmR1Error(f"{ex.source}: SFT needs field '{key}' (the assistant's reply); it is missing or empty")
-            targets.append(self.processor.encode_text(resp) + [end])
+        targets = sft.response_targets(self.processor, examples, [self.cfg.data[d].response_key for d, _ in picks])
         images = [ex.images(self.cfg.data[d].max_pixels) for (d, _), ex in zip(picks, examples, strict=True)]
         prompts = self.processor([ex.messages for ex in examples], images=images,
                                  row_names=[ex.source for ex in examples]).to(self.device)
-        T = max(len(x) for x in targets)
-        ids = torch.full((len(targets), T), self.processor.pad_token_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(targets), T), dtype=torch.float32, device=self.device)
-        for i, x in enumerate(targets):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1.0
+        ids, mask = sft.pad_targets(targets, self.processor.pad_token_id, self.device)
         self.policy.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        n_tok = float(mask.sum())
-        rows = torch.arange(len(targets), device=self.device)
-        losses = []
-        for micro in _chunks(rows, t.micro_batch_size):
-            with self._amp():
-                lp, _ = completion_logprobs(self.policy, prompts, micro, ids[micro], mask[micro],
-                                           chunk_tokens=t.logprob_chunk_tokens)
-            loss = -(lp * mask[micro]).sum() / n_tok
-            loss.backward()
-            losses.append(float(loss.detach()))
+        losses = sft.nll_backward(self.policy, prompts, ids, mask, micro_batch_size=t.micro_batch_size,
+                                  chunk_tokens=t.logprob_chunk_tokens, amp=self._amp)
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
         skipped = 0
@@ -437,9 +445,10 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         dt = time.perf_counter() - t0
-        return {"step": self.step, "loss/sft": sum(losses), "grad_norm": float(gnorm),
-                "lr": self.optimizer.param_groups[0]["lr"], "response_length/mean": n_tok / len(targets),
-                "skipped_updates": skipped, "time/step_s": dt, "tokens_per_s": n_tok / dt}
+        n_tok = float(mask.sum())
+        return {"step": self.step, "loss/sft": sum(losses), "grad_norm": float(gnorm), "lr": lr,
+                "response_length/mean": n_tok / len(targets), "skipped_updates": skipped, "time/step_s": dt,
+                "tokens_per_s": n_tok / dt}
 
     # ------------------------------------------------------------------ checkpoints
     def _recipe_dict(self) -> dict:

@@ -1,0 +1,104 @@
+"""The refactored step reproduces the original one bit for bit (issue 9, "shape of the trainer").
+
+The expected fingerprints below were recorded by running these exact configs on the code as it was
+*before* the step was split into ``StepBatch`` / ``policy_objective`` / ``trainer/sft.py`` (commit
+7c9ea24), with torch 2.13 on CPU and 2 threads.  A refactor that changes the order of any floating-point
+operation, the RNG draws, or which tensors are updated changes a sha256 of the final weights, so
+these tests catch it.  (The fixes of issue 9 items 1, 3 and 5 legitimately change numbers for the
+critic, for extreme log-ratios and for the *logged* loss/lr; none of them is exercised here, so none
+of these numbers moves.)  On another torch version or CPU the float results may differ: the pins are
+then re-recorded with ``fingerprint()``, on the pre-refactor commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmmr1.trainer.config import load_config
+from lmmr1.trainer.trainer import Trainer
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+PINNED_TORCH = "2.13"
+
+pytestmark = pytest.mark.skipif(not torch.__version__.startswith(PINNED_TORCH),
+                                reason=f"fingerprints recorded with torch {PINNED_TORCH}")
+
+
+def weights_sha256(run: Path) -> str:
+    w = load_file(run / "final" / "model.safetensors")
+    h = hashlib.sha256()
+    for k in sorted(w):
+        h.update(k.encode())
+        h.update(w[k].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(run: Path, recipe: Path | None, overrides: list[str], keys: list[str]) -> tuple[str, list]:
+    cfg = load_config(recipe, [f"output_dir={run}", "train.save_every=0", "train.tensorboard=false", *overrides])
+    Trainer(cfg).train()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return weights_sha256(run), [[r[k] for k in keys] for r in rows]
+
+
+SMOKE_KEYS = ["reward/mean", "loss/policy", "grad_norm", "entropy", "response_length/mean"]
+SMOKE_HASH = "373382f251f1ed5a8ceb6dbbc4c3e408ea01471e3e31af84eb486d5804216be2"
+SMOKE_ROWS = [[0.0, 0.0, 0.0, 6.8983564376831055, 7.90625], [0.0006009615608491004, -8.381903171539307e-09, 0.36031830310821533, 6.898355960845947, 8.0], [0.0015017162077128887, 3.3048119796319497e-09, 0.3100903034210205, 6.877367973327637, 7.890625], [0.0038972292095422745, -7.450580596923828e-09, 0.5162421464920044, 6.790316104888916, 8.0]]
+
+
+def test_smoke_run_is_bit_identical_to_the_pre_refactor_step(tmp_path):
+    """recipes/smoke.yaml (GRPO, token_mean, one micro-batch), 4 steps."""
+    sha, rows = fingerprint(tmp_path / "smoke", RECIPES / "smoke.yaml", ["train.steps=4"], SMOKE_KEYS)
+    assert rows == SMOKE_ROWS
+    assert sha == SMOKE_HASH
+
+
+DATA = (f"data=[{{path: {RECIPES / 'data/smoke_text.jsonl'}, system_prompt: none}}, "
+        f"{{path: {RECIPES / 'data/smoke_image.jsonl'}, system_prompt: none}}]")
+COMMON = ["model.tiny=tiny", DATA, "reward=[{name: target_fraction, kwargs: {target: e}}]", "rollout.n=4",
+          "rollout.max_new_tokens=6", "train.prompts_per_step=4", "train.num_threads=2", "optim.lr=0.01",
+          "train.steps=3"]
+
+
+def test_ppo_with_everything_on_is_bit_identical_to_the_pre_refactor_step(tmp_path):
+    """Several mini-batches, uneven micro-batches (3+3+2), 2 epochs, KL in the loss, entropy bonus,
+    clip-higher, dual clip, recomputed old log-probs, warm-up: every branch of the update."""
+    keys = ["reward/mean", "grad_norm", "entropy", "clip_frac", "kl"]
+    sha, rows = fingerprint(tmp_path / "ppo", None, COMMON + [
+        "algo.advantage=rloo", "algo.kl_coef=0.01", "train.mini_batch_size=8", "train.micro_batch_size=3",
+        "train.ppo_epochs=2", "algo.entropy_coef=0.01", "algo.clip_high=0.28", "algo.dual_clip=3.0",
+        "optim.warmup_steps=1", "train.old_logprobs=recompute"], keys)
+    assert rows == [[0.12797106802463531, 0.17365853860974312, 6.884329716364543, 0.358796293536822, 0.0], [0.13926751911640167, 0.08900159876793623, 6.849757353464763, 0.4305555522441864, 0.1145797148346901], [0.1341681182384491, 0.10790793038904667, 6.619133194287618, 0.3990740782270829, 0.2955869138240814]]
+    assert sha == "b6032dfdfc4dc1eefecb9fb3274b4fffb8c7dad298def8898e3d49a6aac3a1c8"
+
+
+def test_gspo_with_kl_in_reward_and_dynamic_sampling_is_bit_identical(tmp_path):
+    """Sequence-level ratio, seq_mean_token_mean, KL shaping the reward with an adaptive coefficient,
+    DAPO dynamic sampling (several rounds, concatenated rollouts)."""
+    keys = ["reward/mean", "grad_norm", "entropy", "clip_frac", "kl", "kl_coef"]
+    sha, rows = fingerprint(tmp_path / "gspo", None, COMMON + [
+        "algo.advantage=reinforce_pp_baseline", "algo.ratio_level=sequence", "algo.loss_agg=seq_mean_token_mean",
+        "algo.kl_coef=0.001", "algo.kl_in_reward=true", "algo.kl_estimator=k1", "algo.kl_target=0.1",
+        "algo.dynamic_sampling=true", "rollout.temperature=1.5", "train.micro_batch_size=5"], keys)
+    assert rows == [[0.12326528877019882, 1.7989981174468994, 6.915104031562805, 0.0, 4.967053879312289e-09, 0.00099968], [0.12738782167434692, 1.0838335752487183, 6.915364742279053, 0.0, 0.006607577204704285, 0.0009993601024], [0.10927032679319382, 0.9400310516357422, 6.905396342277527, 0.0, 0.013330670073628426, 0.000999040307167232]]
+    assert sha == "65266eb5ab82e61b0398967344ac72c066d917127f359c434fcad840fef478ee"
+
+
+def test_sft_step_is_bit_identical_after_moving_to_its_own_module(tmp_path):
+    from lmmr1.data.synth import write_suite
+
+    data = write_suite(tmp_path / "data", "counting", "train", 16, "both")
+    sha, rows = fingerprint(tmp_path / "sft", None, [
+        "model.tiny=tiny", "type=sft", f"data=[{{path: {data['text']}, system_prompt: none}}, "
+        f"{{path: {data['image']}, system_prompt: none}}]", "train.steps=3", "train.prompts_per_step=8",
+        "train.micro_batch_size=3", "optim.lr=0.003", "optim.warmup_steps=2", "train.num_threads=2"],
+        ["loss/sft", "grad_norm", "response_length/mean", "lr"])
+    # issue 9 item 5: the logged lr is the rate each step used: warm-up 1/2, 2/2, then cosine at progress 0
+    assert [r.pop() for r in rows] == pytest.approx([0.0015, 0.003, 0.003])
+    assert rows == [[6.961026430130005, 5.34351110458374, 21.0], [6.30783486366272, 4.126391887664795, 21.0], [5.766706466674805, 4.154551982879639, 21.0]]
+    assert sha == "81af0f3ca2db0fbc0d80a9b5e7b37fee6ce345a137c3e810789864b392d33669"
