@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,7 @@ class Config:
             raise ConfigError("data: give at least one dataset (a list of {path: ...})")
         if self.type not in ("rl", "sft"):
             raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
+        check_values(self)
         if self.type == "sft":
             return
         if not self.reward:
@@ -164,6 +166,99 @@ class Config:
                               f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
         if self.train.micro_batch_size < 1:
             raise ConfigError("train.micro_batch_size must be >= 1")
+
+
+# ------------------------------------------------------------------------------------ value checks
+KL_ESTIMATORS = ("k1", "k2", "k3")
+RATIO_LEVELS = ("token", "sequence")
+OLD_LOGPROBS = ("auto", "rollout", "recompute")
+TINY_SIZES = ("tiny", "small")
+
+
+def _bad(key: str, value: Any, need: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is out of range: {need}")
+
+
+def check_values(cfg: Config) -> None:
+    """Range and enum checks, one line naming the dotted key and the bad value.
+
+    Each of these values would otherwise train silently on something else (a negative lr ascends
+    the loss, ``train.steps: 0`` writes an untrained "final" model, warm-up longer than the run
+    never reaches the set lr) or fail deep inside torch with a traceback.
+    """
+    from lmmr1.algos import AGG_MODES, ESTIMATORS
+
+    m, r, a, o, t = cfg.model, cfg.rollout, cfg.algo, cfg.optim, cfg.train
+    rules: list[tuple[str, Any, bool, str]] = [  # (key, value, ok, requirement)
+        ("model.tiny", m.tiny, m.tiny is None or m.tiny in TINY_SIZES, f"choose from {', '.join(TINY_SIZES)}"),
+        ("model.lora_r", m.lora_r, m.lora_r >= 0, "must be >= 0 (0 disables LoRA)"),
+        ("model.max_prompt_tokens", m.max_prompt_tokens, m.max_prompt_tokens is None or m.max_prompt_tokens >= 1,
+         "must be >= 1 (or null for no limit)"),
+        ("rollout.n", r.n, r.n >= 1, "must be >= 1"),
+        ("rollout.temperature", r.temperature, r.temperature >= 0, "must be >= 0 (0 is greedy)"),
+        ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "must be in (0, 1]"),
+        ("rollout.top_k", r.top_k, r.top_k >= 0, "must be >= 0 (0 disables top-k)"),
+        ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, "must be >= 1"),
+        ("algo.advantage", a.advantage, a.advantage in ESTIMATORS, ""),
+        ("algo.loss_agg", a.loss_agg, a.loss_agg in AGG_MODES, ""),
+        ("algo.kl_estimator", a.kl_estimator, a.kl_estimator in KL_ESTIMATORS, ""),
+        ("algo.ratio_level", a.ratio_level, a.ratio_level in RATIO_LEVELS, ""),
+        ("algo.clip_low", a.clip_low, a.clip_low >= 0, "must be >= 0"),
+        ("algo.clip_high", a.clip_high, a.clip_high >= 0, "must be >= 0"),
+        ("algo.dual_clip", a.dual_clip, a.dual_clip is None or a.dual_clip > 1, "must be > 1 (typically 3) or null"),
+        ("algo.kl_coef", a.kl_coef, a.kl_coef >= 0, "must be >= 0"),
+        ("algo.kl_target", a.kl_target, a.kl_target is None or a.kl_target > 0, "must be > 0 or null"),
+        ("algo.kl_horizon", a.kl_horizon, a.kl_horizon >= 1, "must be >= 1"),
+        ("algo.entropy_coef", a.entropy_coef, a.entropy_coef >= 0, "must be >= 0"),
+        ("algo.gamma", a.gamma, 0 <= a.gamma <= 1, "must be in [0, 1]"),
+        ("algo.lam", a.lam, 0 <= a.lam <= 1, "must be in [0, 1]"),
+        ("algo.value_clip", a.value_clip, a.value_clip is None or a.value_clip > 0, "must be > 0 or null"),
+        ("algo.vf_coef", a.vf_coef, a.vf_coef >= 0, "must be >= 0"),
+        ("algo.critic_lr", a.critic_lr, a.critic_lr is None or a.critic_lr > 0, "must be > 0 or null"),
+        ("algo.max_sampling_rounds", a.max_sampling_rounds, a.max_sampling_rounds >= 1, "must be >= 1"),
+        ("algo.eps", a.eps, a.eps > 0, "must be > 0"),
+        ("optim.lr", o.lr, o.lr > 0, "must be > 0"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "must be >= 0"),
+        ("optim.betas", o.betas, isinstance(o.betas, (list, tuple)) and len(o.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                           and 0 <= b < 1 for b in o.betas),
+         "must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0"),
+        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "must be in [0, 1]"),
+        ("optim.max_grad_norm", o.max_grad_norm, o.max_grad_norm > 0, "must be > 0"),
+        ("train.steps", t.steps, t.steps >= 1, "must be >= 1 (0 steps would save an untrained model as 'final')"),
+        ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, "must be >= 1"),
+        ("train.mini_batch_size", t.mini_batch_size, t.mini_batch_size >= 0,
+         "must be >= 0 (0: the whole rollout batch)"),
+        ("train.micro_batch_size", t.micro_batch_size, t.micro_batch_size >= 1, "must be >= 1"),
+        ("train.ppo_epochs", t.ppo_epochs, t.ppo_epochs >= 1, "must be >= 1"),
+        ("train.save_every", t.save_every, t.save_every >= 0, "must be >= 0 (0: only at the end)"),
+        ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 0, "must be >= 0"),
+        ("train.old_logprobs", t.old_logprobs, t.old_logprobs in OLD_LOGPROBS, ""),
+        ("train.logprob_chunk_tokens", t.logprob_chunk_tokens, t.logprob_chunk_tokens >= 1, "must be >= 1"),
+        ("train.log_samples", t.log_samples, t.log_samples >= 0, "must be >= 0"),
+        ("train.max_nonfinite_steps", t.max_nonfinite_steps, t.max_nonfinite_steps >= 1, "must be >= 1"),
+        ("train.num_threads", t.num_threads, t.num_threads >= 0, "must be >= 0 (0: torch's default)"),
+    ]
+    enums = {"algo.advantage": ESTIMATORS, "algo.loss_agg": AGG_MODES, "algo.kl_estimator": KL_ESTIMATORS,
+             "algo.ratio_level": RATIO_LEVELS, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+    for key, value, ok, need in rules:
+        if not ok:
+            raise ConfigError(_suggest(key, value, enums[key])) if key in enums else _bad(key, value, need)
+    if o.warmup_steps and o.warmup_steps >= t.steps:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} is out of range: must be < train.steps={t.steps} "
+                          "(the learning rate would never reach optim.lr)")
+    # A mini-batch need not be a multiple of micro_batch_size: losses are normalised by the whole
+    # mini-batch's token/sequence counts, so a shorter last micro-batch gives the same gradient.
+    for i, d in enumerate(cfg.data):
+        if not d.path:
+            raise ConfigError(f"data[{i}].path is required")
+        if d.prob is not None and d.prob < 0:
+            raise _bad(f"data[{i}].prob", d.prob, "must be >= 0")
+        if d.max_pixels is not None and d.max_pixels < 1:
+            raise _bad(f"data[{i}].max_pixels", d.max_pixels, "must be >= 1 (or null)")
+    probs = [d.prob for d in cfg.data]
+    if any(p is not None for p in probs) and not sum(p or 0.0 for p in probs) > 0:
+        raise ConfigError(f"data[].prob are {probs}: at least one dataset needs a positive prob")
 
 
 # ------------------------------------------------------------------------------------ (de)serialise
@@ -270,7 +365,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    """Relative paths written in a recipe are relative to the recipe's folder."""
+    """Every relative path written in a recipe is relative to the recipe file's folder.
+
+    One rule, output_dir included, so a recipe means the same run from any working directory and a
+    recipe can name another recipe's output (``mgt_geo.yaml``'s model is ``fre_text.yaml``'s
+    ``final``).  Paths given as command-line overrides are applied afterwards, so they are relative
+    to the current directory, like every other path typed in a shell.
+    """
 
     def fix(node: Any, key: str) -> None:
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
@@ -278,9 +379,14 @@ def _resolve_paths(data: dict, base: Path) -> None:
                 return
             path = Path(node[key]).expanduser()
             if not path.is_absolute():
-                node[key] = str(base / path)
+                node[key] = os.path.normpath(base / path)
 
+    fix(data, "output_dir")
     fix(data.get("model"), "path")
+    suites = (data.get("eval") or {}).get("suites") if isinstance(data.get("eval"), dict) else None
+    if isinstance(suites, dict):  # a pipeline's held-out benchmark files
+        for name in list(suites):
+            fix(suites, name)
     for item in data.get("data") or []:
         fix(item, "path")
     for item in data.get("reward") or []:
