@@ -114,9 +114,14 @@ def run_synth(data: dict, root: Path, console: Console) -> None:
         if (stamp.exists() and stamp.read_text() == made_from
                 and all((root / "data" / f"{name}_{split}_{m}.jsonl").exists() for m in mods)):
             continue
-        write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, name=name, **knobs)
+        written = write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, name=name, **knobs)
         stamp.write_text(made_from)
-        console.print(f"synthesised {suite}/{split} ({n} problems, {modality}) into {root / 'data'}")
+        made = sum(1 for _ in next(iter(written.values())).open())
+        console.print(f"synthesised {suite}/{split} ({made} problems, {modality}) into {root / 'data'}")
+        if made < n:
+            from lmmr1.data.synth import shortfall_message
+
+            console.print(f"[yellow]warning:[/] {shortfall_message(suite, split, n, made, knobs)}", highlight=False)
 
 
 def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: Console) -> dict:

@@ -162,17 +162,24 @@ def _is_image_item(item: Any) -> bool:
                                        or "image_url" in item)
 
 
-def check_answer(answer: Any, key: str) -> str:
-    """The gold answer as a string.  Numbers are written as text (``3`` -> ``"3"``); an object, a list,
-    a bool, null or blank is refused: the rule rewards compare strings, and ``str({})`` would be
-    scored as if it were a real answer."""
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_answer(answer: Any, key: str) -> Any:
+    """The gold answer as a string.  Numbers are written as text (``3`` -> ``"3"``); a box for the
+    ``iou`` reward (a list of 4 numbers) is kept as it is.  An object, any other list, a bool, null or
+    blank is refused: the rule rewards compare strings, and ``str({})`` would be scored as if it
+    were a real answer."""
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         raise DataError(f"field '{key}' is missing or empty; a row without a gold answer cannot be scored")
+    if isinstance(answer, (list, tuple)) and len(answer) == 4 and all(_is_number(v) for v in answer):
+        return list(answer)  # a box [x1, y1, x2, y2]
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         kind = {dict: "an object", list: "a list", tuple: "a list", bool: "a bool"}.get(type(answer),
                                                                                        type(answer).__name__)
         raise DataError(f"field '{key}' is {kind} ({json.dumps(answer, default=str)[:60]}); the gold answer must "
-                        "be a string or a number")
+                        "be a string or a number (or a box [x1, y1, x2, y2] for the iou reward)")
     if isinstance(answer, float) and not math.isfinite(answer):
         raise DataError(f"field '{key}' is {answer}; the gold answer must be a finite number or a string")
     return answer if isinstance(answer, str) else str(answer)

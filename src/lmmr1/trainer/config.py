@@ -421,3 +421,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def resolved_recipe(recipe: str | Path, overrides: list[str] | None = None) -> str:
+    """``lmmr1 config``: the recipe as ``lmmr1 train`` will run it, as YAML that train accepts back.
+
+    Every default is written out, overrides are applied and relative paths are made absolute (so the
+    output means the same run wherever it is saved).  A pipeline keeps its ``output_dir``, base
+    ``model``, ``synth`` (defaults filled in) and ``eval`` sections, and each stage is written as a
+    complete config (minus its output_dir, which the pipeline derives from the stage's name).
+    """
+    from lmmr1.pipeline import deep_merge, is_pipeline, load_pipeline, stage_configs
+
+    if not is_pipeline(recipe):
+        cfg = load_config(recipe, overrides)
+        cfg.validate()
+        return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    data = load_pipeline(recipe, overrides)
+    base = {k: v for k, v in data.items() if k not in ("stages", "synth", "eval")}
+    out: dict[str, Any] = {"output_dir": str(data.get("output_dir", Config.output_dir)),
+                           "model": to_dict(_from_dict(ModelConfig, data.get("model"), "model"))}
+    if data.get("synth"):
+        defaults = {"split": "train", "n": 100, "modality": "both", "seed": 0, "image_size": 112, "knobs": {}}
+        out["synth"] = [{"suite": s.get("suite"), "name": s.get("name") or s.get("suite"), **defaults, **s}
+                        for s in data["synth"]]
+    if data.get("eval"):
+        out["eval"] = data["eval"]
+    stages = []
+    for (name, cfg), raw in zip(stage_configs(data), data["stages"], strict=True):
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"stage '{name}': {e}") from None
+        d = to_dict(cfg)
+        d.pop("output_dir")
+        merged = deep_merge(base, {k: v for k, v in raw.items() if k != "name"})
+        for item, given in zip(d["data"], merged.get("data") or [], strict=False):
+            path = given.get("path") if isinstance(given, dict) else given
+            if isinstance(path, str) and path.startswith("synth:"):
+                item["path"] = path  # keep the pipeline's own name for its generated data
+        stages.append({"name": name, **d})
+    out["stages"] = stages
+    return yaml.safe_dump(out, sort_keys=False)
