@@ -107,7 +107,7 @@ def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.rstrip("\r\n"))  # columns then count within the line
                 except json.JSONDecodeError as e:
                     yield f"{path}:{lineno}", DataError(f"invalid JSON ({e.msg} at column {e.colno})")
                     continue

@@ -102,6 +102,8 @@ def probe_image(resolved: Path | bytes | Image.Image) -> tuple[int, int]:
             size = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90/270 swaps w and h
                 size = (size[1], size[0])
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from e
     check_size(size)
@@ -163,5 +165,7 @@ def decode_image(resolved: Path | bytes | Image.Image, max_pixels: int | None = 
             img.load()
         check_size(img.size)
         return fit_pixels(to_rgb(img), max_pixels)
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"cannot decode image ({type(e).__name__}: {e})") from e
