@@ -279,3 +279,36 @@ def test_a_mini_batch_that_is_not_a_multiple_of_the_micro_batch_is_allowed():
     # losses are normalised by the whole mini-batch's counts, so a short last micro-batch is exact
     load_config(None, BASE + ["train.prompts_per_step=4", "rollout.n=4", "train.mini_batch_size=8",
                               "train.micro_batch_size=6"]).validate()
+
+
+# ------------------------------------------------------------------------------ through the trainer
+def test_trainer_refuses_a_prompt_over_the_model_context_before_training(tmp_path, tiny_vlm):
+    import shutil
+
+    from lmmr1.trainer import Trainer
+
+    model = tmp_path / "short_ctx"
+    shutil.copytree(tiny_vlm, model)
+    cfg = json.loads((model / "config.json").read_text())
+    for section in (cfg, cfg.get("text_config") or {}):
+        if "max_position_embeddings" in section:
+            section["max_position_embeddings"] = 16
+    (model / "config.json").write_text(json.dumps(cfg))
+    f = write_jsonl(tmp_path / "d.jsonl", [{"message": Q, "answer": "2"}])
+    run = load_config(None, [f"output_dir={tmp_path / 'run'}", f"model.path={model}",
+                             f"data=[{{path: {f}, system_prompt: none}}]", "reward=[{name: accuracy}]",
+                             "train.steps=1", "train.tensorboard=false"])
+    with pytest.raises(DataError, match=rf"^{re.escape(str(f))}:1: field 'message': prompt is \d+ tokens \(0 image "
+                                        r"tokens\), but the model's context is 16 tokens"):
+        Trainer(run)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_zero_steps_is_refused_before_a_final_model_is_written(tmp_path, tiny_vlm):
+    from lmmr1.trainer import Trainer
+
+    run = load_config(None, [f"output_dir={tmp_path / 'run'}", f"model.path={tiny_vlm}", "data=[{path: d.jsonl}]",
+                             "reward=[{name: accuracy}]", "train.steps=0"])
+    with pytest.raises(ConfigError, match=r"^train\.steps=0 is out of range"):
+        Trainer(run)
+    assert not (tmp_path / "run" / "final").exists()

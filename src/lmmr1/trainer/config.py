@@ -387,8 +387,14 @@ def _resolve_paths(data: dict, base: Path) -> None:
     if isinstance(suites, dict):  # a pipeline's held-out benchmark files
         for name in list(suites):
             fix(suites, name)
-    for item in data.get("data") or []:
-        fix(item, "path")
+    items = data.get("data")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, str):  # the short form `data: [file.jsonl]`
+            holder = {"path": item}
+            fix(holder, "path")
+            items[i] = holder["path"]
+        else:
+            fix(item, "path")
     for item in data.get("reward") or []:
         fix(item, "path")
 
