@@ -194,3 +194,22 @@ def test_dry_run_of_a_pipeline_checks_every_stage(tmp_path, capsys):
     rc, _, err = cli(capsys, "train", RECIPES / "demo_cpu.yaml", "--dry-run", f"output_dir={tmp_path / 'demo'}",
                      "synth.0.knobs.max_cnt=3")
     assert rc == 2 and "unknown knob(s) max_cnt; valid knobs: max_count (default 5)" in error_line(err)
+
+
+def test_dry_run_checks_a_pipelines_synth_and_eval_sections(tmp_path, capsys):
+    base = [RECIPES / "demo_cpu.yaml", "--dry-run", f"output_dir={tmp_path / 'demo'}"]
+    rc, _, err = cli(capsys, "train", *base, "eval.max_new_tokenz=3")
+    assert rc == 2 and error_line(err).startswith("eval: EvalConfig.__init__() got an unexpected keyword argument "
+                                                  "'max_new_tokenz' (keys: suites, system_prompt, n, temperature")
+    rc, _, err = cli(capsys, "train", *base, f"eval.suites.extra={tmp_path / 'none.jsonl'}")
+    assert rc == 2 and error_line(err) == f"eval.suites.extra: {tmp_path / 'none.jsonl'} does not exist"
+    rc, _, err = cli(capsys, "train", *base, "synth.0.count=3")
+    assert rc == 2 and error_line(err) == ("synth[0]: unknown keys ['count'] (use suite, split, n, modality, seed, "
+                                           "image_size, name, knobs)")
+
+
+def test_a_pipeline_validates_every_stage_before_the_first_starts(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", RECIPES / "demo_cpu.yaml", f"output_dir={tmp_path / 'demo'}",
+                     "stages.2.rollout.top_p=0")
+    assert rc == 2 and error_line(err) == "stage 'mgt_image_rl': rollout.top_p=0.0 is out of range: must be in (0, 1]"
+    assert not (tmp_path / "demo" / "data").exists() and not (tmp_path / "demo" / "0_sft_cold_start").exists()

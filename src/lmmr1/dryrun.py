@@ -170,17 +170,50 @@ def check_config(cfg: Config, *, model: tuple[dict, Any] | None = None, label: s
             "output_dir": str(cfg.output_dir), "output_status": status}
 
 
+SYNTH_KEYS = ("suite", "split", "n", "modality", "seed", "image_size", "name", "knobs")
+
+
 def check_synth(data: dict) -> list[str]:
     """Each synth spec is drawn once (suite, split and knobs valid) without writing anything."""
     from lmmr1.data.synth import problems
 
     out = []
-    for spec in data.get("synth") or []:
+    for i, spec in enumerate(data.get("synth") or []):
+        if not isinstance(spec, dict):
+            raise ConfigError(f"synth[{i}] must be a mapping with keys {', '.join(SYNTH_KEYS)}")
+        unknown = sorted(set(spec) - set(SYNTH_KEYS))
+        if unknown:
+            raise ConfigError(f"synth[{i}]: unknown keys {unknown} (use {', '.join(SYNTH_KEYS)})")
         spec = dict(spec)
         knobs = spec.pop("knobs", {}) or {}
         suite, split, n = spec.get("suite"), spec.get("split", "train"), spec.get("n", 100)
         next(iter(problems(suite, split, 1, int(spec.get("seed", 0)), **knobs)), None)
         out.append(f"{suite}/{split} x{n}")
+    return out
+
+
+def check_eval(data: dict) -> list[str]:
+    """A pipeline's eval section: known keys, and every suite file that exists already is read and
+    validated like a benchmark (``synth:`` suites are generated at run time)."""
+    from lmmr1.data.benchmarks import load_benchmark
+    from lmmr1.eval import EvalConfig
+
+    spec = dict(data.get("eval") or {})
+    suites = spec.pop("suites", {}) or {}
+    system = spec.pop("system_prompt", "r1")
+    try:
+        EvalConfig(**spec)
+    except TypeError as e:
+        raise ConfigError(f"eval: {e} (keys: suites, system_prompt, {', '.join(EvalConfig.__dataclass_fields__)})"
+                          ) from None
+    out = []
+    for name, path in suites.items():
+        if isinstance(path, str) and path.startswith("synth:"):
+            out.append(f"{name} (synth)")
+            continue
+        if not Path(str(path)).exists():
+            raise ConfigError(f"eval.suites.{name}: {path} does not exist")
+        out.append(f"{name} ({len(load_benchmark(path, name=name, system_prompt=system))} problems)")
     return out
 
 
@@ -194,6 +227,7 @@ def dry_run(recipe: str | Path, overrides: list[str] | None = None) -> list[dict
     data = load_pipeline(recipe, overrides)
     synth_dir = Path(data.get("output_dir", "runs/lmmr1")) / "data"
     synth = check_synth(data)
+    evals = check_eval(data)
     summaries: list[dict] = []
     for i, (name, cfg) in enumerate(stage_configs(data)):
         pending = tuple(d.path for d in cfg.data if Path(d.path).parent == synth_dir and not Path(d.path).exists())
@@ -206,7 +240,7 @@ def dry_run(recipe: str | Path, overrides: list[str] | None = None) -> list[dict
                                       label=f"stage {i} '{name}'", pending=pending))
     if summaries:
         summaries[0]["synth"] = synth
-        summaries[0]["eval"] = sorted((data.get("eval") or {}).get("suites") or {})
+        summaries[0]["eval"] = evals
     return summaries
 
 

@@ -185,8 +185,13 @@ def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     (root / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    run_synth(data, root, console)
     stages = stage_configs(data)
+    for name, cfg in stages:  # a bad value in the last stage is found now, not hours into the first
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"stage '{name}': {e}") from None
+    run_synth(data, root, console)
 
     model = data.get("model") or {}
     prev = model.get("path")
