@@ -88,7 +88,8 @@ def train_cmd(
     from lmmr1.trainer.trainer import train
 
     if dry_run:
-        from lmmr1.dryrun import dry_run as check, format_summary
+        from lmmr1.dryrun import dry_run as check
+        from lmmr1.dryrun import format_summary
 
         for line in format_summary(check(recipe, list(ctx.args))):
             typer.echo(line)

@@ -24,6 +24,7 @@ Every failure is the same one-line :class:`LmmR1Error` a real run would raise, s
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from dataclasses import asdict
@@ -36,12 +37,28 @@ from lmmr1.trainer.config import Config, ConfigError
 
 
 # ------------------------------------------------------------------------------------------- model
+def read_model_config(p: Path) -> dict[str, Any]:
+    """config.json of a checkpoint directory, with the loader's one-line errors."""
+    if not p.exists():
+        raise ModelLoadError(f"model directory {p} does not exist; pass a local Hugging Face checkpoint directory "
+                             "(model hubs are not contacted; build a test model with `lmmr1 make-tiny DIR`)")
+    if not p.is_dir():
+        raise ModelLoadError(f"{p} is a file; pass the checkpoint *directory* that holds config.json")
+    if not (p / "config.json").exists():
+        raise ModelLoadError(f"{p} has no config.json, so it is not a Hugging Face checkpoint directory; "
+                             "point to the folder holding config.json, *.safetensors and the tokenizer files")
+    try:
+        return json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{p / 'config.json'} is not valid JSON: {e}") from None
+
+
 def check_model_dir(path: str | Path) -> dict[str, Any]:
     """What ``load_model`` checks before it reads weights; returns model_type, VLM flag, context."""
-    from lmmr1.models.loader import TEXT_TYPES, VLM_TYPES, _read_config
+    from lmmr1.models.loader import TEXT_TYPES, VLM_TYPES
 
     p = Path(path).expanduser()
-    cfg = _read_config(p)
+    cfg = read_model_config(p)
     model_type = cfg.get("model_type")
     if model_type not in VLM_TYPES + TEXT_TYPES:
         raise ModelLoadError(f"unsupported architecture {model_type!r} (model_type in {p / 'config.json'}); "
@@ -63,11 +80,11 @@ def load_processor(path: str | Path, max_prompt_tokens: int | None = None):
     """The model's ChatProcessor from its tokenizer and image-processor files only (no weights)."""
     import transformers
 
-    from lmmr1.models.loader import VLM_TYPES, _read_config
+    from lmmr1.models.loader import VLM_TYPES
     from lmmr1.models.processor import ChatProcessor
 
     p = Path(path).expanduser()
-    is_vlm = _read_config(p).get("model_type") in VLM_TYPES
+    is_vlm = read_model_config(p).get("model_type") in VLM_TYPES
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(p)
         image_processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(p) if is_vlm else None
