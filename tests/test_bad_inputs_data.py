@@ -312,3 +312,37 @@ def test_zero_steps_is_refused_before_a_final_model_is_written(tmp_path, tiny_vl
     with pytest.raises(ConfigError, match=r"^train\.steps=0 is out of range"):
         Trainer(run)
     assert not (tmp_path / "run" / "final").exists()
+
+
+# ------------------------------------------------------------------------------------- recipe files
+@pytest.mark.parametrize("content, expected", [
+    (b"model: {path: m}\n# caf\xe9\n", "recipe {f}:2: not UTF-8 text (byte 0xe9); re-save it as UTF-8"),
+    (b"model: {path: m\ndata: [d.jsonl]\n", "recipe {f}:2:5: invalid YAML (expected ',' or '}', but got ':')"),
+    (b"- model\n- data\n", "recipe {f} must be a mapping of sections (model, data, reward, ...)"),
+    (b"model: {path: m}\nrollout: 4\n", "rollout must be a mapping, got int"),
+    (b"model: {path: m}\nmodle: {}\n", "unknown config key 'modle'; did you mean 'model'?"),
+])
+def test_unreadable_recipe_file_is_one_line(tmp_path, content, expected):
+    f = tmp_path / "r.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == expected.replace("{f}", str(f))
+
+
+def test_missing_recipe_and_a_folder_as_recipe(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^recipe {re.escape(str(tmp_path / 'no.yaml'))} does not exist$"):
+        load_config(tmp_path / "no.yaml")
+    with pytest.raises(ConfigError, match=rf"^recipe {re.escape(str(tmp_path))} is not a file$"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data=[{prob: 0.5}]", "data[0].path is required"),
+    ("optim.betas=0.9", "optim.betas=0.9 is out of range: must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("data.0.max_pixels=0", "data[0].max_pixels=0 is out of range: must be >= 1 (or null)"),
+    ("model.max_prompt_tokens=0", "model.max_prompt_tokens=0 is out of range: must be >= 1 (or null for no limit)"),
+    ("algo.kl_target=-1", "algo.kl_target=-1.0 is out of range: must be > 0 or null"),
+])
+def test_more_invalid_config_values(override, expected):
+    assert config_error(override) == expected

@@ -22,7 +22,15 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from lmmr1.trainer.config import Config, ConfigError, _from_dict, _resolve_paths, apply_overrides, to_dict
+from lmmr1.trainer.config import (
+    Config,
+    ConfigError,
+    _from_dict,
+    _resolve_paths,
+    apply_overrides,
+    read_recipe,
+    to_dict,
+)
 
 PIPELINE_KEYS = ("stages", "synth", "eval")
 
@@ -39,17 +47,15 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def is_pipeline(recipe: str | Path) -> bool:
     try:
-        data = yaml.safe_load(Path(recipe).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = read_recipe(recipe)
+    except ConfigError:  # load_config then reports why the file cannot be read
         return False
     return isinstance(data, dict) and "stages" in data
 
 
 def load_pipeline(recipe: str | Path, overrides: list[str] | None = None) -> dict:
     p = Path(recipe)
-    if not p.is_file():
-        raise ConfigError(f"recipe {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_recipe(p)
     base_dir = p.parent.resolve()
     _resolve_paths(data, base_dir)
     for st in data.get("stages") or []:

@@ -399,18 +399,35 @@ def _resolve_paths(data: dict, base: Path) -> None:
         fix(item, "path")
 
 
+def read_recipe(path: str | Path) -> dict:
+    """A recipe file's mapping, or one line saying why it cannot be read (missing, a folder, not
+    UTF-8, not YAML, not a mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe {p} does not exist" if not p.exists() else f"recipe {p} is not a file")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"recipe {p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        why = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"recipe {where}: invalid YAML ({why})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {p} must be a mapping of sections (model, data, reward, ...)")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {p} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {p} must be a mapping of sections (model, data, reward, ...)")
+        data = read_recipe(p)
         _resolve_paths(data, p.parent.resolve())
     try:
         data = apply_overrides(data, overrides or [])
