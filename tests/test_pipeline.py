@@ -145,7 +145,7 @@ def test_main_job_demo_recipe_runs_shrunk(tmp_path):
     out = tmp_path / "demo"
     shrink = ["synth.0.n=24", "synth.1.n=4", "eval.batch_size=8", "rollout.n=2", "train.prompts_per_step=4",
               "stages.0.train.steps=2", "stages.0.train.prompts_per_step=4", "stages.1.train.steps=1",
-              "stages.2.train.steps=1"]
+              "stages.2.train.steps=1", "optim.warmup_steps=0"]
     res = subprocess.run([sys.executable, "-m", "lmmr1.demo", "--out", str(out), *shrink], capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

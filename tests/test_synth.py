@@ -76,3 +76,38 @@ def test_cli_data_synth(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "arithmetic_val_image.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all((tmp_path / json.loads(r["message"])[0]["content"][0]["image"]).exists()
                                   for r in rows)
+
+
+def _cli(capsys, *argv):
+    from lmmr1.cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code or 0
+    return rc, capsys.readouterr().err
+
+
+def test_cli_data_synth_warns_when_the_suite_has_fewer_problems_than_asked(tmp_path, capsys):
+    from lmmr1.data.synth import _TRIPLES, _split_of
+
+    # the geometry space, enumerated independently: legs (a, b) in either order, k = 1..scale, two questions
+    space = {f"geo:{x}:{y}:{ask}" for t in _TRIPLES for k in range(1, 5) for (x, y) in ((t[0] * k, t[1] * k),
+             (t[1] * k, t[0] * k)) for ask in ("hypotenuse", "area")}
+    n_train = sum(1 for key in space if _split_of(key) == "train")
+    rc, err = _cli(capsys, "data", "synth", "geometry", "--out", tmp_path, "--n", 500, "--modality", "text")
+    assert rc == 0
+    rows = (tmp_path / "geometry_train_text.jsonl").read_text().splitlines()
+    assert len(rows) == n_train < 500
+    assert (f"warning: geometry/train: produced {n_train} of 500 requested problems: with default knobs the suite "
+            "has no more distinct train problems; raise a knob (scale) for more") in " ".join(err.split())
+    rc, err = _cli(capsys, "data", "synth", "geometry", "--out", tmp_path, "--n", 5, "--modality", "text")
+    assert rc == 0 and "warning" not in err  # enough problems: no warning
+
+
+def test_cli_data_synth_lists_valid_knobs_on_a_bad_one(tmp_path, capsys):
+    rc, err = _cli(capsys, "data", "synth", "counting", "--out", tmp_path, "--n", 3, "--knob", "max_cnt=3")
+    assert rc == 2
+    assert err.strip() == ("error: suite counting: unknown knob(s) max_cnt; valid knobs: max_count (default 5), "
+                           "distractors (default 2), grid (default 4)")
+    assert not list(tmp_path.glob("*.jsonl"))

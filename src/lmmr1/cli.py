@@ -106,17 +106,39 @@ def generate_cmd(
 def train_cmd(
     ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="YAML recipe (sections: model, data, reward, rollout, algo, optim, train).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check recipe, every data row and image, rewards, model "
+                                          "files and output_dir without loading weights; then exit.")] = False,
 ) -> None:
     """Train (RL, SFT, or a multi-stage pipeline). Extra arguments are dotted overrides, e.g. train.steps=20."""
     from lmmr1.pipeline import is_pipeline, run_pipeline
     from lmmr1.trainer.config import load_config
     from lmmr1.trainer.trainer import train
 
+    if dry_run:
+        from lmmr1.dryrun import dry_run as check
+        from lmmr1.dryrun import format_summary
+
+        for line in format_summary(check(recipe, list(ctx.args))):
+            typer.echo(line)
+        typer.echo("dry run: everything checked; no weights were loaded and nothing was written")
+        return
     if is_pipeline(recipe):
         run_pipeline(recipe, list(ctx.args), console)
         return
     cfg = load_config(recipe, list(ctx.args))
     train(cfg, console)
+
+
+@app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def config_cmd(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe (single stage or pipeline).")],
+) -> None:
+    """Print the fully resolved recipe (every default, overrides applied, paths absolute) as YAML that
+    `lmmr1 train` accepts back. Extra arguments are dotted overrides, as for train."""
+    from lmmr1.trainer.config import resolved_recipe
+
+    typer.echo(resolved_recipe(recipe, list(ctx.args)), nl=False)
 
 
 @app.command("eval")
@@ -224,7 +246,13 @@ def synth_cmd(
         knobs[key] = yaml.safe_load(val)
     written = write_suite(out, suite, split, n, modality, seed=seed, image_size=image_size, **knobs)
     for mod, path in written.items():
-        console.print(f"{mod}: {path} ({sum(1 for _ in path.open())} problems)")
+        made = sum(1 for _ in path.open())
+        console.print(f"{mod}: {path} ({made} problems)")
+    if written and made < n:
+        from lmmr1.data.synth import shortfall_message
+
+        console.print(f"[yellow]warning:[/] {shortfall_message(suite, split, n, made, knobs)}", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("score")

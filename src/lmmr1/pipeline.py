@@ -22,7 +22,15 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from lmmr1.trainer.config import Config, ConfigError, _from_dict, _resolve_paths, apply_overrides, to_dict
+from lmmr1.trainer.config import (
+    Config,
+    ConfigError,
+    _from_dict,
+    _resolve_paths,
+    apply_overrides,
+    read_recipe,
+    to_dict,
+)
 from lmmr1.trainer.rundir import describe_changes, recipe_changes
 
 PIPELINE_KEYS = ("stages", "synth", "eval")
@@ -40,17 +48,15 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def is_pipeline(recipe: str | Path) -> bool:
     try:
-        data = yaml.safe_load(Path(recipe).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = read_recipe(recipe)
+    except ConfigError:  # load_config then reports why the file cannot be read
         return False
     return isinstance(data, dict) and "stages" in data
 
 
 def load_pipeline(recipe: str | Path, overrides: list[str] | None = None) -> dict:
     p = Path(recipe)
-    if not p.is_file():
-        raise ConfigError(f"recipe {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_recipe(p)
     base_dir = p.parent.resolve()
     _resolve_paths(data, base_dir)
     for st in data.get("stages") or []:
@@ -115,9 +121,14 @@ def run_synth(data: dict, root: Path, console: Console) -> None:
         if (stamp.exists() and stamp.read_text() == made_from
                 and all((root / "data" / f"{name}_{split}_{m}.jsonl").exists() for m in mods)):
             continue
-        write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, name=name, **knobs)
+        written = write_suite(root / "data", suite, split, n, modality, seed=seed, image_size=size, name=name, **knobs)
         stamp.write_text(made_from)
-        console.print(f"synthesised {suite}/{split} ({n} problems, {modality}) into {root / 'data'}")
+        made = sum(1 for _ in next(iter(written.values())).open())
+        console.print(f"synthesised {suite}/{split} ({made} problems, {modality}) into {root / 'data'}")
+        if made < n:
+            from lmmr1.data.synth import shortfall_message
+
+            console.print(f"[yellow]warning:[/] {shortfall_message(suite, split, n, made, knobs)}", highlight=False)
 
 
 def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: Console) -> dict:
@@ -170,8 +181,13 @@ def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     (root / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    run_synth(data, root, console)
     stages = stage_configs(data)
+    for name, cfg in stages:  # a bad value in the last stage is found now, not hours into the first
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"stage '{name}': {e}") from None
+    run_synth(data, root, console)
 
     model = data.get("model") or {}
     prev = model.get("path")

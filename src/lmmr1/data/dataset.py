@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,19 +96,31 @@ def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
         raise DataError(f"{path} is a directory but not a datasets.save_to_disk() folder")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
+        with path.open("rb") as fh:  # bytes: a non-UTF-8 line is that line's error, not a traceback
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a BOM
+                except UnicodeDecodeError as e:
+                    yield f"{path}:{lineno}", DataError(
+                        f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); re-save the file as UTF-8")
+                    continue
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.rstrip("\r\n"))  # columns then count within the line
                 except json.JSONDecodeError as e:
                     yield f"{path}:{lineno}", DataError(f"invalid JSON ({e.msg} at column {e.colno})")
                     continue
                 yield f"{path}:{lineno}", row
     elif suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -147,6 +160,29 @@ def _read_hf_dataset(path: Path) -> Iterator[tuple[str, dict[str, Any] | Excepti
 def _is_image_item(item: Any) -> bool:
     return isinstance(item, dict) and (item.get("type") in ("image", "image_url") or "image" in item
                                        or "image_url" in item)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_answer(answer: Any, key: str) -> Any:
+    """The gold answer as a string.  Numbers are written as text (``3`` -> ``"3"``); a box for the
+    ``iou`` reward (a list of 4 numbers) is kept as it is.  An object, any other list, a bool, null or
+    blank is refused: the rule rewards compare strings, and ``str({})`` would be scored as if it
+    were a real answer."""
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        raise DataError(f"field '{key}' is missing or empty; a row without a gold answer cannot be scored")
+    if isinstance(answer, (list, tuple)) and len(answer) == 4 and all(_is_number(v) for v in answer):
+        return list(answer)  # a box [x1, y1, x2, y2]
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        kind = {dict: "an object", list: "a list", tuple: "a list", bool: "a bool"}.get(type(answer),
+                                                                                       type(answer).__name__)
+        raise DataError(f"field '{key}' is {kind} ({json.dumps(answer, default=str)[:60]}); the gold answer must "
+                        "be a string or a number (or a box [x1, y1, x2, y2] for the iou reward)")
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise DataError(f"field '{key}' is {answer}; the gold answer must be a finite number or a string")
+    return answer if isinstance(answer, str) else str(answer)
 
 
 def parse_row(row: Any, cfg: DataConfig, base_dir: Path, system: str | None) -> Example:
@@ -204,10 +240,7 @@ def parse_row(row: Any, cfg: DataConfig, base_dir: Path, system: str | None) -> 
         raise DataError(f"column '{cfg.image_key}' has {len(column)} image(s) but field '{cfg.input_key}' has "
                         f"only {next_col} image placeholder(s)")
 
-    answer = row.get(cfg.label_key)
-    if answer is None or (isinstance(answer, str) and not answer.strip()) or (
-            isinstance(answer, (list, tuple)) and not answer):
-        raise DataError(f"field '{cfg.label_key}' is missing or empty; a row without a gold answer cannot be scored")
+    answer = check_answer(row.get(cfg.label_key), cfg.label_key)
 
     resolved, sizes = [], []
     for k, ref in enumerate(refs):
@@ -272,10 +305,14 @@ class PromptDataset:
             raise DataError(f"{path}: no valid rows ({len(skipped)} skipped)")
         return cls(examples, skipped, cfg)
 
-    def check_prompt_lengths(self, processor, max_prompt_tokens: int | None = None) -> int:
+    def check_prompt_lengths(self, processor, max_prompt_tokens: int | None = None,
+                             context_tokens: int | None = None) -> int:
         """Reject (or skip) rows whose prompt, image tokens included, exceeds the limit.
 
-        Uses image sizes from the headers, so no pixels are decoded.  Returns the longest prompt.
+        The limit is ``max_prompt_tokens`` and, always, the model's context (``context_tokens``, its
+        ``max_position_embeddings``; see :func:`model_context_tokens`): a longer prompt would be
+        trained on positions the model never saw, silently.  Uses image sizes from the headers, so
+        no pixels are decoded.  Returns the longest prompt.
         """
         limit = max_prompt_tokens or self.cfg.max_prompt_tokens
         keep, longest = [], 0
@@ -295,12 +332,41 @@ class PromptDataset:
                 self.skipped.append((ex.source, msg))
                 log.warning("skipping %s", msg)
                 continue
+            if context_tokens is not None and n >= context_tokens:
+                msg = (f"{ex.source}: field '{self.cfg.input_key}': prompt is {n} tokens ({n_img} image tokens), "
+                       f"but the model's context is {context_tokens} tokens (max_position_embeddings), which "
+                       "leaves no room to generate; shorten the prompt or lower max_pixels")
+                if not self.cfg.skip_invalid:
+                    raise DataError(msg)
+                self.skipped.append((ex.source, msg))
+                log.warning("skipping %s", msg)
+                continue
             longest = max(longest, n)
             keep.append(ex)
         self.examples = keep
         if not keep:
             raise DataError(f"{self.cfg.path}: no rows left after the prompt-length check")
         return longest
+
+    def decode_all(self) -> int:
+        """Fully decode every image (what ``train --dry-run`` does): truncated or corrupt files fail
+        here, naming the row and the image, instead of mid-training.  Returns the images decoded;
+        under ``skip_invalid`` failing rows are skipped and counted."""
+        keep, n = [], 0
+        for ex in self.examples:
+            try:
+                n += len(ex.images(max_pixels=1))  # decode fully, keep nothing big in memory
+            except DataError as e:
+                if not self.cfg.skip_invalid:
+                    raise
+                self.skipped.append((ex.source, str(e)))
+                log.warning("skipping %s", e)
+                continue
+            keep.append(ex)
+        self.examples = keep
+        if not keep:
+            raise DataError(f"{self.cfg.path}: no rows left after decoding the images")
+        return n
 
     def skip_summary(self) -> str:
         return f"{self.name}: {len(self.examples)} rows, {len(self.skipped)} skipped"
@@ -310,3 +376,17 @@ class PromptDataset:
 
     def __getitem__(self, i: int) -> Example:
         return self.examples[i]
+
+
+def model_context_tokens(model_dir: str | Path) -> int | None:
+    """The language model's context length (``max_position_embeddings``) from ``config.json``,
+    without loading weights; None when the file does not say."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for section in (cfg, cfg.get("text_config") or {}):
+        value = section.get("max_position_embeddings")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

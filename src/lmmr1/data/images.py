@@ -4,7 +4,12 @@ References come as ``file:///abs/path``, a path relative to the dataset file, an
 a ``data:image/...;base64,`` URI, a PIL image, raw bytes, or a Hugging Face ``datasets`` Image
 dict (``{"bytes": ..., "path": ...}``).  Camera JPEGs carry their orientation in EXIF, so it is
 applied; RGBA/LA/P images are composited on white (dropping alpha would paint transparent
-regions black); everything else becomes RGB.
+regions black); 16-bit and 32-bit grayscale (medical scans, depth maps) is scaled to 8 bits
+(PIL's own conversion clips every value above 255 to white); everything else becomes RGB.
+
+An image is refused with one line, before any pixel is decoded, when its header says it would be
+a decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels), when it has no pixels, or
+when its aspect ratio exceeds what the Qwen2-VL image processor accepts (``MAX_ASPECT_RATIO``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import base64
 import binascii
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's smart_resize raises for a longer side over 200x the shorter one
 
 
 class ImageError(ValueError):
@@ -62,22 +71,72 @@ def resolve_image(ref: Any, base_dir: Path | None) -> Path | bytes | Image.Image
     return path
 
 
+def _open(resolved: Path | bytes) -> Image.Image:
+    """Image.open with PIL's decompression-bomb warning turned into a one-line ImageError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(resolved if isinstance(resolved, Path) else io.BytesIO(resolved))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"decompression bomb refused ({e}); downscale the image, or raise "
+                             "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+
+
+def check_size(size: tuple[int, int]) -> None:
+    """Refuse sizes the model's image processor cannot take (zero-size, extreme aspect ratio)."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"image is {w}x{h} pixels: it has no pixels")
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise ImageError(f"image is {w}x{h} pixels: aspect ratio {max(w, h) / min(w, h):.0f} is over "
+                         f"{MAX_ASPECT_RATIO}, which the Qwen2-VL image processor refuses; crop or pad it")
+
+
 def probe_image(resolved: Path | bytes | Image.Image) -> tuple[int, int]:
-    """(width, height) from the header only; raises ImageError if the file is not an image."""
+    """(width, height) from the header only; raises ImageError if the file is not a usable image."""
     if isinstance(resolved, Image.Image):
+        check_size(resolved.size)
         return resolved.size
     try:
-        with Image.open(resolved if isinstance(resolved, Path) else io.BytesIO(resolved)) as im:
+        with _open(resolved) as im:
             size = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90/270 swaps w and h
                 size = (size[1], size[0])
-            return size
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from e
+    check_size(size)
+    return size
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale -> 8-bit "L", scaled rather than clipped.
+
+    "I;16*" is 16-bit by definition (divide by 257 maps 65535 to 255).  Mode "I" is how PIL opens
+    some 16-bit files too, so values that fit 16 bits are scaled like 16-bit data; larger ones by
+    the image's actual maximum.  Float images in [0, 1] are scaled by 255, others by their maximum.
+    """
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        scaled = arr / 257.0
+    else:
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scaled = arr * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            scaled = arr
+        elif lo >= 0.0 and hi <= 65535.0 and img.mode == "I":
+            scaled = arr / 257.0
+        else:
+            scaled = (arr - min(lo, 0.0)) * (255.0 / max(hi - min(lo, 0.0), 1e-12))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit(img)
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -102,8 +161,11 @@ def decode_image(resolved: Path | bytes | Image.Image, max_pixels: int | None = 
         if isinstance(resolved, Image.Image):
             img = resolved
         else:
-            img = Image.open(resolved if isinstance(resolved, Path) else io.BytesIO(resolved))
+            img = _open(resolved)
             img.load()
+        check_size(img.size)
         return fit_pixels(to_rgb(img), max_pixels)
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"cannot decode image ({type(e).__name__}: {e})") from e

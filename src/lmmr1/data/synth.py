@@ -17,6 +17,7 @@ Suites:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import random
 from collections.abc import Iterator
@@ -160,12 +161,23 @@ def geometry(rng: random.Random, scale: int = 4) -> Problem:
 SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry}
 
 
+def knob_names(suite: str) -> dict[str, Any]:
+    """The difficulty knobs of a suite with their defaults (the generator's keyword arguments)."""
+    params = list(inspect.signature(SUITES[suite]).parameters.values())[1:]  # after rng
+    return {q.name: q.default for q in params}
+
+
 def problems(suite: str, split: str, n: int, seed: int = 0, **knobs: Any) -> Iterator[Problem]:
     """n distinct problems of ``split`` (fewer if the suite has fewer distinct problems)."""
     if suite not in SUITES:
         raise LmmR1Error(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if split not in SPLITS:
         raise LmmR1Error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    valid = knob_names(suite)
+    unknown = sorted(set(knobs) - set(valid))
+    if unknown:
+        raise LmmR1Error(f"suite {suite}: unknown knob(s) {', '.join(unknown)}; valid knobs: "
+                         + ", ".join(f"{k} (default {v!r})" for k, v in valid.items()))
     rng = random.Random(f"{suite}:{seed}")
     seen: set[str] = set()
     misses = 0
@@ -173,7 +185,7 @@ def problems(suite: str, split: str, n: int, seed: int = 0, **knobs: Any) -> Ite
         try:
             p = SUITES[suite](rng, **knobs)
         except TypeError as e:
-            raise LmmR1Error(f"suite {suite}: bad option ({e})") from e
+            raise LmmR1Error(f"suite {suite}: bad knob value ({e}); valid knobs: {', '.join(valid)}") from e
         if p.key in seen or _split_of(p.key) != split:
             misses += 1
             continue
@@ -182,11 +194,20 @@ def problems(suite: str, split: str, n: int, seed: int = 0, **knobs: Any) -> Ite
         yield p
 
 
+def shortfall_message(suite: str, split: str, asked: int, made: int, knobs: dict[str, Any]) -> str:
+    """Why a suite produced fewer problems than asked, and which knobs enlarge it."""
+    set_knobs = ", ".join(f"{k}={v!r}" for k, v in knobs.items()) or "default knobs"
+    return (f"{suite}/{split}: produced {made} of {asked} requested problems: with {set_knobs} the suite has no "
+            f"more distinct {split} problems; raise a knob ({', '.join(knob_names(suite))}) for more")
+
+
 def write_suite(out_dir: str | Path, suite: str, split: str, n: int, modality: str = "both", seed: int = 0,
                 image_size: int = 112, name: str | None = None, **knobs: Any) -> dict[str, Path]:
     """Write ``{name}_{split}_text.jsonl`` and/or ``{name}_{split}_image.jsonl`` (+ PNGs) in LMM-R1 format.
 
     ``name`` defaults to the suite; with the same seed a smaller ``n`` gives a prefix of a larger one.
+    A suite with fewer distinct problems than ``n`` writes what it has: callers compare the line
+    count with ``n`` and warn with :func:`shortfall_message` (the CLI and the pipeline do).
     """
     name = name or suite
     if modality not in ("text", "image", "both"):

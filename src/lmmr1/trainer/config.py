@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,7 @@ class Config:
             raise ConfigError("data: give at least one dataset (a list of {path: ...})")
         if self.type not in ("rl", "sft"):
             raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
+        check_values(self)
         _validate_lora(self.model)
         if self.train.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
@@ -204,6 +206,98 @@ def _validate_lora(m: ModelConfig) -> None:
     if not isinstance(t, list) or not t or not all(isinstance(x, str) and x for x in t):
         raise ConfigError(f"model.lora_target_modules must be a non-empty list of module names, e.g. "
                           f"[q_proj, v_proj]; got {t!r}")
+
+
+# ------------------------------------------------------------------------------------ value checks
+KL_ESTIMATORS = ("k1", "k2", "k3")
+RATIO_LEVELS = ("token", "sequence")
+OLD_LOGPROBS = ("auto", "rollout", "recompute")
+TINY_SIZES = ("tiny", "small")
+
+
+def _bad(key: str, value: Any, need: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is out of range: {need}")
+
+
+def check_values(cfg: Config) -> None:
+    """Range and enum checks, one line naming the dotted key and the bad value.
+
+    Each of these values would otherwise train silently on something else (a negative lr ascends
+    the loss, ``train.steps: 0`` writes an untrained "final" model, warm-up longer than the run
+    never reaches the set lr) or fail deep inside torch with a traceback.
+    """
+    from lmmr1.algos import AGG_MODES, ESTIMATORS
+
+    m, r, a, o, t = cfg.model, cfg.rollout, cfg.algo, cfg.optim, cfg.train
+    rules: list[tuple[str, Any, bool, str]] = [  # (key, value, ok, requirement)
+        ("model.tiny", m.tiny, m.tiny is None or m.tiny in TINY_SIZES, f"choose from {', '.join(TINY_SIZES)}"),
+        ("model.max_prompt_tokens", m.max_prompt_tokens, m.max_prompt_tokens is None or m.max_prompt_tokens >= 1,
+         "must be >= 1 (or null for no limit)"),
+        ("rollout.n", r.n, r.n >= 1, "must be >= 1"),
+        ("rollout.temperature", r.temperature, r.temperature >= 0, "must be >= 0 (0 is greedy)"),
+        ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "must be in (0, 1]"),
+        ("rollout.top_k", r.top_k, r.top_k >= 0, "must be >= 0 (0 disables top-k)"),
+        ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, "must be >= 1"),
+        ("algo.advantage", a.advantage, a.advantage in ESTIMATORS, ""),
+        ("algo.loss_agg", a.loss_agg, a.loss_agg in AGG_MODES, ""),
+        ("algo.kl_estimator", a.kl_estimator, a.kl_estimator in KL_ESTIMATORS, ""),
+        ("algo.ratio_level", a.ratio_level, a.ratio_level in RATIO_LEVELS, ""),
+        ("algo.clip_low", a.clip_low, a.clip_low >= 0, "must be >= 0"),
+        ("algo.clip_high", a.clip_high, a.clip_high >= 0, "must be >= 0"),
+        ("algo.dual_clip", a.dual_clip, a.dual_clip is None or a.dual_clip > 1, "must be > 1 (typically 3) or null"),
+        ("algo.kl_coef", a.kl_coef, a.kl_coef >= 0, "must be >= 0"),
+        ("algo.kl_target", a.kl_target, a.kl_target is None or a.kl_target > 0, "must be > 0 or null"),
+        ("algo.kl_horizon", a.kl_horizon, a.kl_horizon >= 1, "must be >= 1"),
+        ("algo.entropy_coef", a.entropy_coef, a.entropy_coef >= 0, "must be >= 0"),
+        ("algo.gamma", a.gamma, 0 <= a.gamma <= 1, "must be in [0, 1]"),
+        ("algo.lam", a.lam, 0 <= a.lam <= 1, "must be in [0, 1]"),
+        ("algo.value_clip", a.value_clip, a.value_clip is None or a.value_clip > 0, "must be > 0 or null"),
+        ("algo.vf_coef", a.vf_coef, a.vf_coef >= 0, "must be >= 0"),
+        ("algo.critic_lr", a.critic_lr, a.critic_lr is None or a.critic_lr > 0, "must be > 0 or null"),
+        ("algo.max_sampling_rounds", a.max_sampling_rounds, a.max_sampling_rounds >= 1, "must be >= 1"),
+        ("algo.eps", a.eps, a.eps > 0, "must be > 0"),
+        ("optim.lr", o.lr, o.lr > 0, "must be > 0"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "must be >= 0"),
+        ("optim.betas", o.betas, isinstance(o.betas, (list, tuple)) and len(o.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                           and 0 <= b < 1 for b in o.betas),
+         "must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0"),
+        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "must be in [0, 1]"),
+        ("optim.max_grad_norm", o.max_grad_norm, o.max_grad_norm > 0, "must be > 0"),
+        ("train.steps", t.steps, t.steps >= 1, "must be >= 1 (0 steps would save an untrained model as 'final')"),
+        ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, "must be >= 1"),
+        ("train.mini_batch_size", t.mini_batch_size, t.mini_batch_size >= 0,
+         "must be >= 0 (0: the whole rollout batch)"),
+        ("train.micro_batch_size", t.micro_batch_size, t.micro_batch_size >= 1, "must be >= 1"),
+        ("train.ppo_epochs", t.ppo_epochs, t.ppo_epochs >= 1, "must be >= 1"),
+        ("train.save_every", t.save_every, t.save_every >= 0, "must be >= 0 (0: only at the end)"),
+        ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 0, "must be >= 0"),
+        ("train.old_logprobs", t.old_logprobs, t.old_logprobs in OLD_LOGPROBS, ""),
+        ("train.logprob_chunk_tokens", t.logprob_chunk_tokens, t.logprob_chunk_tokens >= 1, "must be >= 1"),
+        ("train.log_samples", t.log_samples, t.log_samples >= 0, "must be >= 0"),
+        ("train.max_nonfinite_steps", t.max_nonfinite_steps, t.max_nonfinite_steps >= 1, "must be >= 1"),
+        ("train.num_threads", t.num_threads, t.num_threads >= 0, "must be >= 0 (0: torch's default)"),
+    ]
+    enums = {"algo.advantage": ESTIMATORS, "algo.loss_agg": AGG_MODES, "algo.kl_estimator": KL_ESTIMATORS,
+             "algo.ratio_level": RATIO_LEVELS, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+    for key, value, ok, need in rules:
+        if not ok:
+            raise ConfigError(_suggest(key, value, enums[key])) if key in enums else _bad(key, value, need)
+    if o.warmup_steps and o.warmup_steps >= t.steps:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} is out of range: must be < train.steps={t.steps} "
+                          "(the learning rate would never reach optim.lr)")
+    # A mini-batch need not be a multiple of micro_batch_size: losses are normalised by the whole
+    # mini-batch's token/sequence counts, so a shorter last micro-batch gives the same gradient.
+    for i, d in enumerate(cfg.data):
+        if not d.path:
+            raise ConfigError(f"data[{i}].path is required")
+        if d.prob is not None and d.prob < 0:
+            raise _bad(f"data[{i}].prob", d.prob, "must be >= 0")
+        if d.max_pixels is not None and d.max_pixels < 1:
+            raise _bad(f"data[{i}].max_pixels", d.max_pixels, "must be >= 1 (or null)")
+    probs = [d.prob for d in cfg.data]
+    if any(p is not None for p in probs) and not sum(p or 0.0 for p in probs) > 0:
+        raise ConfigError(f"data[].prob are {probs}: at least one dataset needs a positive prob")
 
 
 # ------------------------------------------------------------------------------------ (de)serialise
@@ -310,7 +404,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    """Relative paths written in a recipe are relative to the recipe's folder."""
+    """Every relative path written in a recipe is relative to the recipe file's folder.
+
+    One rule, output_dir included, so a recipe means the same run from any working directory and a
+    recipe can name another recipe's output (``mgt_geo.yaml``'s model is ``fre_text.yaml``'s
+    ``final``).  Paths given as command-line overrides are applied afterwards, so they are relative
+    to the current directory, like every other path typed in a shell.
+    """
 
     def fix(node: Any, key: str) -> None:
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
@@ -318,27 +418,55 @@ def _resolve_paths(data: dict, base: Path) -> None:
                 return
             path = Path(node[key]).expanduser()
             if not path.is_absolute():
-                node[key] = str(base / path)
+                node[key] = os.path.normpath(base / path)
 
+    fix(data, "output_dir")
     fix(data.get("model"), "path")
-    for item in data.get("data") or []:
-        fix(item, "path")
+    suites = (data.get("eval") or {}).get("suites") if isinstance(data.get("eval"), dict) else None
+    if isinstance(suites, dict):  # a pipeline's held-out benchmark files
+        for name in list(suites):
+            fix(suites, name)
+    items = data.get("data")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, str):  # the short form `data: [file.jsonl]`
+            holder = {"path": item}
+            fix(holder, "path")
+            items[i] = holder["path"]
+        else:
+            fix(item, "path")
     for item in data.get("reward") or []:
         fix(item, "path")
+
+
+def read_recipe(path: str | Path) -> dict:
+    """A recipe file's mapping, or one line saying why it cannot be read (missing, a folder, not
+    UTF-8, not YAML, not a mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe {p} does not exist" if not p.exists() else f"recipe {p} is not a file")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"recipe {p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        why = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"recipe {where}: invalid YAML ({why})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {p} must be a mapping of sections (model, data, reward, ...)")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {p} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {p} must be a mapping of sections (model, data, reward, ...)")
+        data = read_recipe(p)
         _resolve_paths(data, p.parent.resolve())
     try:
         data = apply_overrides(data, overrides or [])
@@ -355,3 +483,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def resolved_recipe(recipe: str | Path, overrides: list[str] | None = None) -> str:
+    """``lmmr1 config``: the recipe as ``lmmr1 train`` will run it, as YAML that train accepts back.
+
+    Every default is written out, overrides are applied and relative paths are made absolute (so the
+    output means the same run wherever it is saved).  A pipeline keeps its ``output_dir``, base
+    ``model``, ``synth`` (defaults filled in) and ``eval`` sections, and each stage is written as a
+    complete config (minus its output_dir, which the pipeline derives from the stage's name).
+    """
+    from lmmr1.pipeline import deep_merge, is_pipeline, load_pipeline, stage_configs
+
+    if not is_pipeline(recipe):
+        cfg = load_config(recipe, overrides)
+        cfg.validate()
+        return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    data = load_pipeline(recipe, overrides)
+    base = {k: v for k, v in data.items() if k not in ("stages", "synth", "eval")}
+    out: dict[str, Any] = {"output_dir": str(data.get("output_dir", Config.output_dir)),
+                           "model": to_dict(_from_dict(ModelConfig, data.get("model"), "model"))}
+    if data.get("synth"):
+        defaults = {"split": "train", "n": 100, "modality": "both", "seed": 0, "image_size": 112, "knobs": {}}
+        out["synth"] = [{"suite": s.get("suite"), "name": s.get("name") or s.get("suite"), **defaults, **s}
+                        for s in data["synth"]]
+    if data.get("eval"):
+        out["eval"] = data["eval"]
+    stages = []
+    for (name, cfg), raw in zip(stage_configs(data), data["stages"], strict=True):
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"stage '{name}': {e}") from None
+        d = to_dict(cfg)
+        d.pop("output_dir")
+        merged = deep_merge(base, {k: v for k, v in raw.items() if k != "name"})
+        for item, given in zip(d["data"], merged.get("data") or [], strict=False):
+            path = given.get("path") if isinstance(given, dict) else given
+            if isinstance(path, str) and path.startswith("synth:"):
+                item["path"] = path  # keep the pipeline's own name for its generated data
+        stages.append({"name": name, **d})
+    out["stages"] = stages
+    return yaml.safe_dump(out, sort_keys=False)

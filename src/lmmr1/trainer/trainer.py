@@ -35,7 +35,7 @@ from lmmr1.algos import (
     policy_objective,
     value_loss,
 )
-from lmmr1.data import DataConfig, MixtureSampler, PromptDataset
+from lmmr1.data import DataConfig, MixtureSampler, PromptDataset, model_context_tokens
 from lmmr1.errors import LmmR1Error
 from lmmr1.models import LoraOptions, load_model
 from lmmr1.models.sequence import completion_logprobs
@@ -123,7 +123,7 @@ class Trainer:
                                                image_key=d.image_key, system_prompt=d.system_prompt,
                                                skip_invalid=d.skip_invalid, max_pixels=d.max_pixels,
                                                max_prompt_tokens=m.max_prompt_tokens, name=d.name))
-            ds.check_prompt_lengths(self.processor)
+            ds.check_prompt_lengths(self.processor, context_tokens=model_context_tokens(m.path))
             self.datasets.append(ds)
         probs = [d.prob for d in cfg.data]
         self.mixer = MixtureSampler([len(d) for d in self.datasets],
