@@ -110,8 +110,8 @@ def test_entropy_bonus_without_entropies_is_a_clear_error():
      "algo.kl_target=0.1 scales algo.kl_coef by a factor each step, so it needs an initial algo.kl_coef > 0 "
      "(got 0.0), e.g. 0.001"),
     (["algo.kl_target=-0.1", "algo.kl_coef=0.01"],
-     "algo.kl_target must be > 0 (the KL the adaptive coefficient steers to), got -0.1"),
-    (["algo.dual_clip=1.0"], "algo.dual_clip must be > 1 (typically 3) or null, got 1.0"),
+     "algo.kl_target=-0.1 is out of range: must be > 0 or null"),
+    (["algo.dual_clip=1.0"], "algo.dual_clip=1.0 is out of range: must be > 1 (typically 3) or null"),
 ])
 def test_invalid_algo_combinations_are_refused_with_one_line(overrides, line):
     with pytest.raises(ConfigError) as e:
