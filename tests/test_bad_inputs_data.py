@@ -258,8 +258,6 @@ def config_error(*overrides: str) -> str:
     ("algo.ratio_level=seq", "algo.ratio_level='seq' is not valid (choose from token, sequence)"),
     ("train.old_logprobs=never", "train.old_logprobs='never' is not valid (choose from auto, rollout, recompute)"),
     ("model.tiny=huge", "model.tiny='huge' is not valid (choose from tiny, small)"),
-    ("optim.warmup_steps=10", "optim.warmup_steps=10 is out of range: must be < train.steps=10 (the learning rate "
-                              "would never reach optim.lr)"),
     ("data.0.prob=-0.5", "data[0].prob=-0.5 is out of range: must be >= 0"),
     ("data=[{path: a.jsonl, prob: 0}, {path: b.jsonl, prob: 0}]",
      "data[].prob are [0.0, 0.0]: at least one dataset needs a positive prob"),

@@ -268,9 +268,8 @@ def check_values(cfg: Config) -> None:
     for key, value, ok, need in rules:
         if not ok:
             raise ConfigError(_suggest(key, value, enums[key])) if key in enums else _bad(key, value, need)
-    if o.warmup_steps and o.warmup_steps >= t.steps:
-        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} is out of range: must be < train.steps={t.steps} "
-                          "(the learning rate would never reach optim.lr)")
+    # warmup_steps >= train.steps is allowed on purpose: a shortened trial of a real recipe
+    # (train.steps=3 on a recipe with 5 warm-up steps) must run as the recipe would start.
     # A mini-batch need not be a multiple of micro_batch_size: losses are normalised by the whole
     # mini-batch's token/sequence counts, so a shorter last micro-batch gives the same gradient.
     for i, d in enumerate(cfg.data):
