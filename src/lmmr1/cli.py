@@ -227,6 +227,51 @@ def synth_cmd(
         console.print(f"{mod}: {path} ({sum(1 for _ in path.open())} problems)")
 
 
+@data_app.command("render")
+def render_cmd(
+    input: Annotated[Path, typer.Argument(help="LMM-R1 dataset: .jsonl, .json, .parquet or a datasets folder.")],
+    out: Annotated[Path, typer.Option(help="Output JSONL (rows with the problem as an image).")],
+    images_dir: Annotated[Path | None, typer.Option(help="Where the PNGs go (default: OUT_STEM_images/ next to --out).")] = None,
+    width: Annotated[int, typer.Option(help="Image width in pixels (height follows the text).")] = 768,
+    font_size: Annotated[float, typer.Option(help="Font size in points (text and maths).")] = 14.0,
+    dpi: Annotated[int, typer.Option(help="Dots per inch: pixels per point = dpi/72.")] = 100,
+    instruction: Annotated[str, typer.Option(help="Text kept in the user turn after the image ('' for none).")] = "Solve the problem in the image.",
+    workers: Annotated[int, typer.Option(help="Worker processes (default: the CPU count).")] = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="A formula mathtext cannot typeset is an error (default: drawn as source text, counted).")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip (and count) invalid rows instead of stopping at the first.")] = False,
+) -> None:
+    """Render text problems (with LaTeX maths) into images: the FRE-Multi data of LMM-R1."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from lmmr1.data.render import RenderConfig
+    from lmmr1.data.render_rows import render_dataset
+
+    if workers < 0:
+        raise LmmR1Error(f"--workers must be >= 0 (0 = the CPU count), got {workers}")
+    progress = Progress(TextColumn("[bold]render"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    task = progress.add_task("render", total=None)
+    with progress:
+        summary = render_dataset(input, out, RenderConfig(width=width, font_size=font_size, dpi=dpi),
+                                 images_dir=images_dir, instruction=instruction,
+                                 workers=workers or (os.cpu_count() or 1), strict=strict, skip_invalid=skip_invalid,
+                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
+    shown = 20
+    for where, f in summary.fallbacks[:shown]:
+        console.print(f"[yellow]warning:[/] {escape(where)}: formula {escape(f.formula)} cannot be typeset "
+                      f"({escape(f.reason)}); drawn as source text", highlight=False, soft_wrap=True)
+    if len(summary.fallbacks) > shown:
+        console.print(f"[yellow]warning:[/] ... and {len(summary.fallbacks) - shown} more", highlight=False)
+    for where, reason in summary.skipped[:shown]:
+        console.print(f"[yellow]skipped[/] {escape(where)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {summary.rows} rows to {escape(str(summary.out))} (images in "
+                  f"{escape(str(summary.images_dir))}); {len(summary.fallbacks)} formula(s) in "
+                  f"{summary.fallback_rows} row(s) drawn as source text; {len(summary.skipped)} row(s) skipped",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command("score")
 def score_cmd(
     input: Annotated[Path, typer.Argument(help="JSONL; each line has 'completion' and 'answer' (+ any fields).")],
