@@ -236,7 +236,7 @@ def render_cmd(
     font_size: Annotated[float, typer.Option(help="Font size in points (text and maths).")] = 14.0,
     dpi: Annotated[int, typer.Option(help="Dots per inch: pixels per point = dpi/72.")] = 100,
     instruction: Annotated[str, typer.Option(help="Text kept in the user turn after the image ('' for none).")] = "Solve the problem in the image.",
-    workers: Annotated[int, typer.Option(help="Worker processes (default: the CPU count).")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes (0 = the CPU count).")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="A formula mathtext cannot typeset is an error (default: drawn as source text, counted).")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip (and count) invalid rows instead of stopping at the first.")] = False,
 ) -> None:
@@ -258,18 +258,10 @@ def render_cmd(
                                  images_dir=images_dir, instruction=instruction,
                                  workers=workers or (os.cpu_count() or 1), strict=strict, skip_invalid=skip_invalid,
                                  progress=lambda done, total: progress.update(task, completed=done, total=total))
-    shown = 20
-    for where, f in summary.fallbacks[:shown]:
-        console.print(f"[yellow]warning:[/] {escape(where)}: formula {escape(f.formula)} cannot be typeset "
-                      f"({escape(f.reason)}); drawn as source text", highlight=False, soft_wrap=True)
-    if len(summary.fallbacks) > shown:
-        console.print(f"[yellow]warning:[/] ... and {len(summary.fallbacks) - shown} more", highlight=False)
-    for where, reason in summary.skipped[:shown]:
-        console.print(f"[yellow]skipped[/] {escape(where)}: {escape(reason)}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {summary.rows} rows to {escape(str(summary.out))} (images in "
-                  f"{escape(str(summary.images_dir))}); {len(summary.fallbacks)} formula(s) in "
-                  f"{summary.fallback_rows} row(s) drawn as source text; {len(summary.skipped)} row(s) skipped",
-                  highlight=False, soft_wrap=True)
+    for line in summary.report_lines(limit=20):
+        warn = line.startswith("warning:")
+        console.print(("[yellow]warning:[/]" + escape(line[8:])) if warn else escape(line), highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("score")

@@ -15,7 +15,6 @@ come back in input order, so the output is the same bytes for any number of work
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from lmmr1.data.dataset import DataConfig, DataError, _is_image_item, _read_rows
 from lmmr1.data.images import decode_image
 from lmmr1.data.render import Fallback, ProblemRenderer, RenderConfig, png_bytes, require_matplotlib
 from lmmr1.errors import LmmR1Error
-
-log = logging.getLogger("lmmr1.data.render")
 
 DEFAULT_INSTRUCTION = "Solve the problem in the image."
 
@@ -98,7 +95,7 @@ def convert_row(row: Any, index: int, where: str, opts: RowOptions, renderer: Pr
         img, fallbacks = renderer.render(text)
         if fallbacks and opts.strict:
             f = fallbacks[0]
-            raise DataError(f"formula {f.formula!r} cannot be typeset by matplotlib mathtext ({f.reason}); "
+            raise DataError(f"formula {f.formula} cannot be typeset by matplotlib mathtext ({f.reason}); "
                             "fix the LaTeX or drop --strict to draw it as source text")
         res.fallbacks = fallbacks
         images_dir, out_dir = Path(opts.images_dir), Path(opts.out_dir)
@@ -174,6 +171,23 @@ class RenderSummary:
     def fallback_rows(self) -> int:
         return len({w for w, _ in self.fallbacks})
 
+    def report_lines(self, limit: int = 20) -> list[str]:
+        """The warnings to show a user: the first ``limit`` fall-backs and skips, then the counts.
+
+        The library does not log each one: 40K rows can have thousands, and a caller's logging
+        setup (or Python's last-resort handler) would print them all, next to this report.
+        """
+        out = [f"warning: {w}: formula {f.formula} cannot be typeset ({f.reason}); drawn as source text"
+               for w, f in self.fallbacks[:limit]]
+        if len(self.fallbacks) > limit:
+            out.append(f"warning: ... and {len(self.fallbacks) - limit} more formula(s) drawn as source text")
+        out += [f"skipped {w}: {reason}" for w, reason in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            out.append(f"skipped ... and {len(self.skipped) - limit} more row(s)")
+        out.append(f"wrote {self.rows} rows to {self.out} (images in {self.images_dir}); {len(self.fallbacks)} "
+                   f"formula(s) in {self.fallback_rows} row(s) drawn as source text; {len(self.skipped)} row(s) skipped")
+        return out
+
 
 def render_dataset(
     input_path: str | Path,
@@ -196,7 +210,9 @@ def render_dataset(
     ``<out stem>_<input row ordinal, 6 digits>.png`` (so several outputs can share a folder), and
     are referenced relative to ``out``'s folder.  Output order = input
     order whatever ``workers`` is.  A bad row raises ``DataError`` naming ``file:line`` (or, with
-    ``skip_invalid``, is counted in ``skipped``); ``progress(done, total)`` is called as rows finish.
+    ``skip_invalid``, is counted in ``skipped``); formulas drawn as source text are listed in
+    ``fallbacks`` (``strict``: an error instead); ``summary.report_lines()`` words both for a user.
+    ``progress(done, total)`` is called as rows finish.
     """
     cfg = cfg or RenderConfig()
     cfg.check()
@@ -227,14 +243,10 @@ def render_dataset(
                     if not skip_invalid:
                         raise DataError(f"{res.where}: {res.error}")
                     summary.skipped.append((res.where, res.error))
-                    log.warning("skipping %s: %s", res.where, res.error)
                 else:
                     fh.write(res.line + "\n")
                     summary.rows += 1
-                    for f in res.fallbacks:
-                        summary.fallbacks.append((res.where, f))
-                        log.warning("%s: formula %s cannot be typeset (%s); drawn as source text",
-                                    res.where, f.formula, f.reason)
+                    summary.fallbacks.extend((res.where, f) for f in res.fallbacks)
                 if progress is not None:
                     progress(res.index + 1, total)
         if summary.rows == 0:
