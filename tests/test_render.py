@@ -254,6 +254,25 @@ def test_parquet_input_with_an_image_column(tmp_path):
     assert ds[0].images()[0].getpixel((5, 5)) == (0, 0, 255) and len(ds[1].images()) == 1
 
 
+def test_datasets_folder_with_a_pil_image_column_and_json_input(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({
+        "message": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Area of $\\triangle ABC$?"}]}]],
+        "answer": ["6"], "images": [[Image.new("RGB", (24, 16), (0, 128, 0))]],
+    }).cast_column("images", datasets.Sequence(datasets.Image()))
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "o.jsonl"
+    assert render_dataset(tmp_path / "hf", out).rows == 1
+    row = json.loads(out.read_text())
+    assert isinstance(row["message"], list) and "images" not in row  # a list stays a list
+    ex = PromptDataset.load(str(out), system_prompt="none")[0]
+    own, page = ex.images()
+    assert own.size == (24, 16) and own.getpixel((3, 3)) == (0, 128, 0) and page.width == 768
+
+    (tmp_path / "rows.json").write_text(json.dumps({"data": deepscaler_like(2)}))
+    assert render_dataset(tmp_path / "rows.json", tmp_path / "j.jsonl").rows == 2
+
+
 def test_bad_rows_name_file_line_or_are_counted_with_skip_invalid(tmp_path):
     good = deepscaler_like(1)[0]
     rows = [good, "{not json", {"message": good["message"]},  # line 3: no answer
@@ -325,10 +344,28 @@ def test_cli_renders_200_deepscaler_rows_in_parallel_deterministically_and_train
     assert [m["step"] for m in metrics] == [1]
 
 
-def test_cli_bad_row_is_one_line_with_file_line(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [deepscaler_like(1)[0], {"answer": "1"}])
-    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "data", "render", str(src), "--out",
-                          str(tmp_path / "o.jsonl"), "--workers", "1"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2
-    lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and f"{src}:2" in lines[0] and "'message' is missing" in lines[0], res.stderr
+def test_cli_bad_row_strict_skip_invalid_images_dir_instruction(tmp_path):
+    boxed = {"message": json.dumps([{"role": "user", "content": r"Find $\boxed{x}$."}]), "answer": "1"}
+    src = write_jsonl(tmp_path / "in.jsonl", [deepscaler_like(1)[0], {"answer": "1"}, boxed])
+
+    def cli(*args):
+        res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "data", "render", str(src), "--workers", "1", *args],
+                             capture_output=True, text=True, timeout=300)
+        return res.returncode, [x for x in res.stderr.splitlines() if x.strip()]
+
+    rc, lines = cli("--out", str(tmp_path / "o.jsonl"))
+    assert rc == 2 and len(lines) == 1 and f"{src}:2" in lines[0] and "'message' is missing" in lines[0], lines
+    assert not (tmp_path / "o.jsonl").exists()
+
+    rc, lines = cli("--out", str(tmp_path / "o.jsonl"), "--skip-invalid", "--images-dir", str(tmp_path / "pngs"),
+                    "--instruction", "Read the image, then answer.")
+    assert rc == 0 and any(f"skipped {src}:2" in x for x in lines), lines
+    assert "wrote 2 rows" in " ".join(lines) and "1 row(s) skipped" in " ".join(lines)
+    row = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
+    assert json.loads(row["message"])[0]["content"] == [{"type": "image", "image": "pngs/o_000001.png"},
+                                                         {"type": "text", "text": "Read the image, then answer."}]
+
+    rc, lines = cli("--out", str(tmp_path / "s.jsonl"), "--skip-invalid", "--strict")
+    assert rc == 0 and any(f"skipped {src}:3: formula $\\boxed{{x}}$ cannot be typeset" in x for x in lines), lines
+    rc, lines = cli("--out", str(tmp_path / "s.jsonl"), "--strict", "--workers", "0")
+    assert rc == 2 and len(lines) == 1 and f"{src}:2" in lines[0]
