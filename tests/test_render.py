@@ -79,6 +79,9 @@ def test_split_maths_delimiters_escapes_and_unclosed_dollars():
 def test_normalize_latex_rewrites_to_mathtext_spellings():
     assert normalize_latex(r"\frac12 \le \sqrt2", display=False) == r"\frac{1}{2} \leq \sqrt{2}"
     assert normalize_latex(r"\tfrac{a}{b}", display=True) == r"\dfrac{a}{b}"
+    # display style at the top level only: fractions in a fraction or an exponent stay small
+    assert normalize_latex(r"\frac{\frac12}{e^{\frac{x}{2}}} + \{\frac12\}", display=True) == \
+        r"\dfrac{\frac{1}{2}}{e^{\frac{x}{2}}} + \{\dfrac{1}{2}\}"
     assert normalize_latex(r"\frac1{x}\binom52 \sqrt[3]8", display=False) == r"\frac{1}{x}\binom{5}{2} \sqrt[3]{8}"
     assert normalize_latex(r"\displaystyle a \pmod{7}", display=False) == r"a \ (\mathrm{mod}\ 7)"
     assert normalize_latex("a\n+ b", display=False) == "a + b"  # newlines inside maths are spaces

@@ -202,7 +202,10 @@ def _brace_args(s: str, pattern: re.Pattern[str], nargs: int) -> str:
                 i += 1
             j = _group_end(s, i)
             arg = s[i:j]
-            out.append(arg if arg.startswith("{") or not arg else "{" + arg + "}")
+            if len(arg) >= 2 and arg[0] == "{" and arg[-1] == "}":  # a group: its inside too (\frac{\frac12}3)
+                out.append("{" + _brace_args(arg[1:-1], pattern, nargs) + "}")
+            else:
+                out.append("{" + arg + "}" if arg else "")
             i = j
         pos = i
     out.append(s[pos:])
@@ -216,8 +219,27 @@ def normalize_latex(body: str, display: bool) -> str:
         s = pat.sub(rep, s)
     s = _brace_args(_brace_args(s, _TWO_ARGS, 2), _ONE_ARG, 1)
     if display:
-        s = re.sub(r"\\frac(?![a-zA-Z])", r"\\dfrac", s)
+        s = _top_level_dfrac(s)
     return s
+
+
+def _top_level_dfrac(s: str) -> str:
+    """``\\frac`` -> ``\\dfrac`` outside braces only: as in TeX's display style, a fraction inside a
+    fraction, an exponent or an index stays small."""
+    out, depth, i = [], 0, 0
+    while i < len(s):
+        if s.startswith("\\frac", i) and depth == 0 and not s[i + 5:i + 6].isalpha():
+            out.append("\\dfrac")
+            i += 5
+            continue
+        if s[i] == "\\":  # a command or an escaped brace: copy both characters
+            out.append(s[i:i + 2])
+            i += 2
+            continue
+        depth += {"{": 1, "}": -1}.get(s[i], 0)
+        out.append(s[i])
+        i += 1
+    return "".join(out)
 
 
 def _short_reason(e: Exception) -> str:
@@ -271,8 +293,10 @@ class ProblemRenderer:
         h, w = ink.shape
         if h == 0 or w == 0:
             return _Box(0, 0, 0)
-        descent = min(h, max(0, round(r.depth)))
-        return _Box(w, h - descent, descent, ink=Image.fromarray(ink, mode="L"))
+        # mathtext pads the bitmap by one pixel; its baseline is depth + 1 rows above the bottom
+        # (depth < 0: an operator such as \cdot or a lone minus floats above the baseline)
+        ascent = min(h + 1, round(h - r.depth - 1))
+        return _Box(w, ascent, h - ascent, ink=Image.fromarray(ink, mode="L"))
 
     def _fit(self, box: _Box, avail: int) -> list[_Box]:
         """A piece wider than the line: text is cut by characters, a formula is scaled down."""
