@@ -296,7 +296,7 @@ class ProblemRenderer:
         # mathtext pads the bitmap by one pixel; its baseline is depth + 1 rows above the bottom
         # (depth < 0: an operator such as \cdot or a lone minus floats above the baseline)
         ascent = min(h + 1, round(h - r.depth - 1))
-        return _Box(w, ascent, h - ascent, ink=Image.fromarray(ink, mode="L"))
+        return _Box(w, ascent, h - ascent, ink=Image.fromarray(ink))  # uint8 2-D: mode "L"
 
     def _fit(self, box: _Box, avail: int) -> list[_Box]:
         """A piece wider than the line: text is cut by characters, a formula is scaled down."""
