@@ -255,6 +255,43 @@ def synth_cmd(
                       soft_wrap=True)
 
 
+@data_app.command("render")
+def render_cmd(
+    input: Annotated[Path, typer.Argument(help="LMM-R1 dataset: .jsonl, .json, .parquet or a datasets folder.")],
+    out: Annotated[Path, typer.Option(help="Output JSONL (rows with the problem as an image).")],
+    images_dir: Annotated[Path | None, typer.Option(help="Where the PNGs go (default: OUT_STEM_images/ next to --out).")] = None,
+    width: Annotated[int, typer.Option(help="Image width in pixels (height follows the text).")] = 768,
+    font_size: Annotated[float, typer.Option(help="Font size in points (text and maths).")] = 14.0,
+    dpi: Annotated[int, typer.Option(help="Dots per inch: pixels per point = dpi/72.")] = 100,
+    instruction: Annotated[str, typer.Option(help="Text kept in the user turn after the image ('' for none).")] = "Solve the problem in the image.",
+    workers: Annotated[int, typer.Option(help="Worker processes (0 = the CPU count).")] = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="A formula mathtext cannot typeset is an error (default: drawn as source text, counted).")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip (and count) invalid rows instead of stopping at the first.")] = False,
+) -> None:
+    """Render text problems (with LaTeX maths) into images: the FRE-Multi data of LMM-R1."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from lmmr1.data.render import RenderConfig
+    from lmmr1.data.render_rows import render_dataset
+
+    if workers < 0:
+        raise LmmR1Error(f"--workers must be >= 0 (0 = the CPU count), got {workers}")
+    progress = Progress(TextColumn("[bold]render"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    task = progress.add_task("render", total=None)
+    with progress:
+        summary = render_dataset(input, out, RenderConfig(width=width, font_size=font_size, dpi=dpi),
+                                 images_dir=images_dir, instruction=instruction,
+                                 workers=workers or (os.cpu_count() or 1), strict=strict, skip_invalid=skip_invalid,
+                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
+    for line in summary.report_lines(limit=20):
+        warn = line.startswith("warning:")
+        console.print(("[yellow]warning:[/]" + escape(line[8:])) if warn else escape(line), highlight=False,
+                      soft_wrap=True)
+
+
 @app.command("score")
 def score_cmd(
     input: Annotated[Path, typer.Argument(help="JSONL; each line has 'completion' and 'answer' (+ any fields).")],
