@@ -25,10 +25,10 @@ from rich.console import Console
 from lmmr1.trainer.config import (
     Config,
     ConfigError,
-    _from_dict,
-    _resolve_paths,
     apply_overrides,
+    from_dict,
     read_recipe,
+    resolve_paths,
     to_dict,
 )
 from lmmr1.trainer.rundir import describe_changes, recipe_changes
@@ -58,10 +58,10 @@ def load_pipeline(recipe: str | Path, overrides: list[str] | None = None) -> dic
     p = Path(recipe)
     data = read_recipe(p)
     base_dir = p.parent.resolve()
-    _resolve_paths(data, base_dir)
+    resolve_paths(data, base_dir)
     for st in data.get("stages") or []:
         if isinstance(st, dict):
-            _resolve_paths(st, base_dir)
+            resolve_paths(st, base_dir)
     data = apply_overrides(data, overrides or [])
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
@@ -93,7 +93,7 @@ def stage_configs(data: dict) -> list[tuple[str, Config]]:
             if isinstance(d, dict) and isinstance(d.get("path"), str):
                 d["path"] = _synth_path(d["path"], root)
         try:
-            cfg = _from_dict(Config, merged, "")
+            cfg = from_dict(Config, merged, "")
         except ConfigError as e:
             raise ConfigError(f"stage '{name}': {e}") from None
         out.append((name, cfg))

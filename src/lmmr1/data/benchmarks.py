@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lmmr1.data.dataset import DataConfig, DataError, PromptDataset, _read_rows
+from lmmr1.data.dataset import DataConfig, DataError, PromptDataset, read_rows
 
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "mathvista": ("pid", "question", "answer", "question_type", "answer_type"),
@@ -99,7 +99,7 @@ def load_benchmark(path: str | Path, *, name: str | None = None, system_prompt: 
         raise DataError(f"benchmark file {p} does not exist")
     p = p.resolve()  # relative image paths are rewritten against this folder: it must be absolute
     rows, layout = [], None
-    for where, row in _read_rows(p):
+    for where, row in read_rows(p):
         if isinstance(row, Exception):
             raise DataError(f"{where}: {row}")
         layout = layout or detect_layout(row, p)

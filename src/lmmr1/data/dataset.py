@@ -87,7 +87,7 @@ class Example:
 
 
 # ---------------------------------------------------------------------------------------- readers
-def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
     """(location, row or the parse error) for every row of a supported file or directory."""
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
@@ -157,7 +157,7 @@ def _read_hf_dataset(path: Path) -> Iterator[tuple[str, dict[str, Any] | Excepti
 
 
 # ----------------------------------------------------------------------------------------- parsing
-def _is_image_item(item: Any) -> bool:
+def is_image_item(item: Any) -> bool:
     return isinstance(item, dict) and (item.get("type") in ("image", "image_url") or "image" in item
                                        or "image_url" in item)
 
@@ -213,14 +213,14 @@ def parse_row(row: Any, cfg: DataConfig, base_dir: Path, system: str | None) -> 
         if isinstance(content, list):
             items = []
             for item in content:
-                if _is_image_item(item):
+                if is_image_item(item):
                     ref = item.get("image")
                     if ref is None and "image_url" in item:
                         ref = item["image_url"]
                     if ref is None or ref == "":
                         if next_col >= len(column):
                             n_ph = sum(1 for mm in raw if isinstance(mm.get("content"), list)
-                                       for it in mm["content"] if _is_image_item(it))
+                                       for it in mm["content"] if is_image_item(it))
                             raise DataError(f"field '{cfg.input_key}' has {n_ph} image placeholder(s) but column "
                                             f"'{cfg.image_key}' has {len(column)} image(s)")
                         ref = column[next_col]
@@ -288,7 +288,7 @@ class PromptDataset:
         if cfg.name is None:
             cfg.name = path.stem
         examples, skipped = [], []
-        for where, row in _read_rows(path):
+        for where, row in read_rows(path):
             try:
                 if isinstance(row, Exception):
                     raise row

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmmr1.data.dataset import DataConfig, DataError, _is_image_item, _read_rows, parse_row
+from lmmr1.data.dataset import DataConfig, DataError, is_image_item, parse_row, read_rows
 from lmmr1.data.images import decode_image
 from lmmr1.data.render import Fallback, ProblemRenderer, RenderConfig, png_bytes, require_matplotlib
 from lmmr1.errors import LmmR1Error
@@ -88,7 +88,7 @@ def convert_row(row: Any, index: int, where: str, opts: RowOptions, renderer: Pr
             text = content
         else:
             text = "\n".join(str(it.get("text", "")) for it in content
-                             if isinstance(it, dict) and not _is_image_item(it))
+                             if isinstance(it, dict) and not is_image_item(it))
         if not text.strip():
             raise DataError(f"field '{opts.input_key}': the user turn has no text to render")
 
@@ -111,7 +111,7 @@ def convert_row(row: Any, index: int, where: str, opts: RowOptions, renderer: Pr
                 continue
             new = []
             for it in c:
-                if _is_image_item(it):
+                if is_image_item(it):
                     ref = next(refs)
                     n_own += 1
                     if isinstance(ref, Path):
@@ -126,7 +126,7 @@ def convert_row(row: Any, index: int, where: str, opts: RowOptions, renderer: Pr
         page = images_dir / f"{stem}.png"
         page.write_bytes(png_bytes(img))
         user_content = messages[user_at]["content"]
-        own = [it for it in user_content if _is_image_item(it)] if isinstance(user_content, list) else []
+        own = [it for it in user_content if is_image_item(it)] if isinstance(user_content, list) else []
         new_content = own + [{"type": "image", "image": _ref_for(page, out_dir)}]
         if opts.instruction:
             new_content.append({"type": "text", "text": opts.instruction})
@@ -232,7 +232,7 @@ def render_dataset(
     opts = RowOptions(render=cfg, out_dir=str(out.parent), images_dir=str(img_dir), image_prefix=f"{out.stem}_",
                       base_dir=str(src if src.is_dir() else src.parent), instruction=instruction, strict=strict,
                       input_key=input_key, label_key=label_key, image_key=image_key)
-    tasks = [(i, where, row) for i, (where, row) in enumerate(_read_rows(src))]
+    tasks = [(i, where, row) for i, (where, row) in enumerate(read_rows(src))]
     total = len(tasks)
     summary = RenderSummary(out=out, images_dir=img_dir, rows=0)
     tmp = out.with_name(out.name + ".tmp")

@@ -73,7 +73,7 @@ class PromptBatch:
         return out
 
 
-def _is_image_item(item: Any) -> bool:
+def is_image_item(item: Any) -> bool:
     return isinstance(item, dict) and (item.get("type") == "image" or "image" in item or "image_url" in item)
 
 
@@ -82,7 +82,7 @@ def count_image_items(messages: Messages) -> int:
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            n += sum(1 for item in content if _is_image_item(item))
+            n += sum(1 for item in content if is_image_item(item))
     return n
 
 
@@ -95,7 +95,7 @@ def images_in_messages(messages: Messages) -> list[Any]:
         content = m.get("content")
         if isinstance(content, list):
             for item in content:
-                if _is_image_item(item) and isinstance(item.get("image"), Image.Image):
+                if is_image_item(item) and isinstance(item.get("image"), Image.Image):
                     found.append(item["image"])
     return found
 

@@ -47,7 +47,7 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _to_floats(values: Any, n: int, where: str, samples: Sequence[Sample] | None = None) -> list[Verdict]:
+def to_floats(values: Any, n: int, where: str, samples: Sequence[Sample] | None = None) -> list[Verdict]:
     """One finite float (or None) per sample, else a :class:`RewardError` naming ``where`` and the row."""
     if isinstance(values, dict):  # OpenRLHF: {"rewards": tensor, "scores": ..., "extra_logs": ...}
         if "rewards" not in values:
@@ -207,7 +207,7 @@ class CustomReward:
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise RewardError(f"{self.where} raised {_short(e)} on {self._culprit(samples)}") from None
-        return _to_floats(values, len(samples), self.where, samples)
+        return to_floats(values, len(samples), self.where, samples)
 
     def _culprit(self, samples: Sequence[Sample]) -> str:
         """The first row that fails alone (re-tried one by one), else the batch."""

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from lmmr1.errors import LmmR1Error
 from lmmr1.rewards.base import RewardError, Sample, Verdict
-from lmmr1.rewards.custom import _to_floats
+from lmmr1.rewards.custom import to_floats
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP attempt
 
@@ -67,7 +67,7 @@ class RemoteReward:
                     payload = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise RewardError(f"{where} answered with invalid JSON ({e}): {raw[:80]!r}") from None
-                return _to_floats(payload, len(samples), where, samples)
+                return to_floats(payload, len(samples), where, samples)
             if attempt < self.retries:
                 time.sleep(self.backoff * (2**attempt))
         raise RewardError(f"{where} failed {self.retries + 1} times; last error: {last}")

@@ -291,7 +291,7 @@ def _suggest(key: str, value: Any, valid) -> str:
     return f"{key}={value!r} is not valid{hint} (choose from {', '.join(map(str, valid))})"
 
 
-def _from_dict(cls, data: Any, prefix: str):
+def from_dict(cls, data: Any, prefix: str):
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -313,7 +313,7 @@ def _coerce(tp, value: Any, path: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path)
+        return from_dict(tp, value, path)
     if origin is list and args and dataclasses.is_dataclass(args[0]):
         if not isinstance(value, list):
             raise ConfigError(f"{path} must be a list")
@@ -323,7 +323,7 @@ def _coerce(tp, value: Any, path: str):
                 v = {"name": v}
             if isinstance(v, str) and args[0] is DatasetConfig:
                 v = {"path": v}
-            items.append(_from_dict(args[0], v, f"{path}[{i}]"))
+            items.append(from_dict(args[0], v, f"{path}[{i}]"))
         return items
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None:
@@ -387,7 +387,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _resolve_paths(data: dict, base: Path) -> None:
+def resolve_paths(data: dict, base: Path) -> None:
     """Every relative path written in a recipe is relative to the recipe file's folder.
 
     One rule, output_dir included, so a recipe means the same run from any working directory and a
@@ -451,10 +451,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         data = read_recipe(p)
-        _resolve_paths(data, p.parent.resolve())
+        resolve_paths(data, p.parent.resolve())
     try:
         data = apply_overrides(data, overrides or [])
-        cfg = _from_dict(Config, data, "")
+        cfg = from_dict(Config, data, "")
     except ConfigError as e:
         if "unknown config key" in str(e):
             bad = str(e).split("'")[1]
@@ -486,7 +486,7 @@ def resolved_recipe(recipe: str | Path, overrides: list[str] | None = None) -> s
     data = load_pipeline(recipe, overrides)
     base = {k: v for k, v in data.items() if k not in ("stages", "synth", "eval")}
     out: dict[str, Any] = {"output_dir": str(data.get("output_dir", Config.output_dir)),
-                           "model": to_dict(_from_dict(ModelConfig, data.get("model"), "model"))}
+                           "model": to_dict(from_dict(ModelConfig, data.get("model"), "model"))}
     if data.get("synth"):
         defaults = {"split": "train", "n": 100, "modality": "both", "seed": 0, "image_size": 112, "knobs": {}}
         out["synth"] = [{"suite": s.get("suite"), "name": s.get("name") or s.get("suite"), **defaults, **s}
