@@ -223,3 +223,26 @@ def test_lora_adapter_only_save_loads_with_peft_and_gives_the_same_logits(tiny_v
     torch.testing.assert_close(lp_merged, lp_lora, rtol=1e-4, atol=1e-5)
     with pytest.raises(ModelLoadError, match="lora_save='adaptor' is not valid"):
         lm.save_pretrained(tmp_path / "c", lora_save="adaptor")
+
+
+def test_cli_generate_images_use_the_training_decoder(tiny_vlm, tmp_path):
+    """`generate --image` decodes like the data reader: a 16-bit grayscale PNG is scaled, not
+    clipped to white, and a file that is not an image is one line naming it."""
+    import numpy as np
+    from PIL import Image
+
+    from lmmr1.data.images import decode_image
+
+    dark = tmp_path / "dark16.png"
+    Image.fromarray(np.full((32, 32), 4096, dtype=np.uint16)).save(dark)
+    assert decode_image(dark).getpixel((0, 0)) == (16, 16, 16)  # 4096 / 257 -> 15.9; PIL.convert gives 255
+    ok = subprocess.run([sys.executable, "-m", "lmmr1.cli", "generate", str(tiny_vlm), "-p", "hi", "-i", str(dark),
+                         "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "generate", str(tiny_vlm), "-p", "hi", "-i", str(bad)],
+                         capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: --image {bad}: cannot decode image"), lines[0]

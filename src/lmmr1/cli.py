@@ -79,19 +79,18 @@ def generate_cmd(
     system: Annotated[str | None, typer.Option(help="Optional system prompt.")] = None,
 ) -> None:
     """Sample completions for one prompt (optionally with images) with the built-in sampler."""
-    from PIL import Image, UnidentifiedImageError
-
+    from lmmr1.data.images import ImageError, decode_image
     from lmmr1.models import load_model
     from lmmr1.rollout import SamplingParams, sample
 
     images = []
-    for p in image or []:
+    for p in image or []:  # the training reader's decoder: 16-bit, bombs and extreme aspects handled alike
+        if not p.is_file():
+            raise LmmR1Error(f"--image {p}: file not found")
         try:
-            images.append(Image.open(p).convert("RGB"))
-        except FileNotFoundError as e:
-            raise LmmR1Error(f"--image {p}: file not found") from e
-        except UnidentifiedImageError as e:
-            raise LmmR1Error(f"--image {p}: not a readable image") from e
+            images.append(decode_image(p))
+        except ImageError as e:
+            raise LmmR1Error(f"--image {p}: {e}") from e
     content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": prompt}]
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
     lm = load_model(model)
