@@ -15,7 +15,9 @@ import math
 import os
 import random
 import signal
+import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,15 @@ class Trainer:
         progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def _advance_schedule(self) -> None:
+        """One schedule step per training step, also when every update of the step was skipped
+        (non-finite) or nothing had signal: the schedule follows steps, not successful updates, so
+        torch's "scheduler before optimizer" warning is expected there and silenced."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before",
+                                    category=UserWarning)
+            self.scheduler.step()
+
     def _amp(self):
         if self.autocast:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -248,7 +259,7 @@ class Trainer:
         ro, examples, samples, res, extra = self.collect()
         t_rollout = time.perf_counter() - t0
         if ro is None:  # dynamic sampling found no group with signal: nothing to learn from
-            self.scheduler.step()
+            self._advance_schedule()
             self.step += 1
             return {"step": self.step, "skipped_no_signal": 1, **extra}
         mask = ro.completion_mask
@@ -285,7 +296,7 @@ class Trainer:
             for mini in _chunks(order.to(mask.device), mb_size):
                 if self._update(batch, mini, stats, measure_gap=measure_gap):
                     measure_gap = False  # from now on a gap would measure the update, not a mismatch
-        self.scheduler.step()
+        self._advance_schedule()
         self.kl.update(float(kl_tok.sum() / mask.sum().clamp(min=1)), N)
         t_update = time.perf_counter() - t1
         self.step += 1
@@ -442,7 +453,7 @@ class Trainer:
             self.nonfinite_in_a_row += 1
             if self.nonfinite_in_a_row >= t.max_nonfinite_steps:
                 raise LmmR1Error(f"{self.nonfinite_in_a_row} SFT updates in a row were non-finite; stopping")
-        self.scheduler.step()
+        self._advance_schedule()
         self.step += 1
         dt = time.perf_counter() - t0
         n_tok = float(mask.sum())
@@ -621,6 +632,8 @@ class Trainer:
             logger.close()
             if self.reward is not None:
                 self.reward.close()
+            if sys.exc_info()[0] is not None:  # failed or interrupted: train.log is complete now
+                self.console.close()
         self.console.print(f"done: {self.step} steps; final model in {self.out / 'final'}", highlight=False)
         self.console.close()
         return last
