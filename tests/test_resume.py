@@ -183,7 +183,9 @@ def test_kill9_then_resume_writes_one_metrics_row_per_step(tmp_path, tiny_vlm):
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
-def test_sigint_saves_the_last_finished_step_prints_the_resume_command_and_resuming_completes(tmp_path, tiny_vlm):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_saves_the_last_finished_step_prints_the_resume_command_and_resuming_completes(tmp_path, tiny_vlm,
+                                                                                               sig):
     run = tmp_path / "run"
     err = tmp_path / "stderr.txt"
     with err.open("w") as fh:
@@ -195,7 +197,7 @@ def test_sigint_saves_the_last_finished_step_prints_the_resume_command_and_resum
                 break
             time.sleep(0.2)
         assert proc.poll() is None, err.read_text()[-2000:]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         rc = proc.wait(timeout=300)
     stderr = err.read_text()
     assert rc == 130 and "Traceback" not in stderr, (rc, stderr[-2000:])

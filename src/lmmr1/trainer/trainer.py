@@ -586,7 +586,8 @@ class Trainer:
             if interrupted["asked"]:
                 raise KeyboardInterrupt
             interrupted["asked"] = True
-            self.console.print(f"[yellow]Ctrl-C: finishing step {self.step + 1}, then saving a checkpoint "
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.console.print(f"[yellow]{what}: finishing step {self.step + 1}, then saving a checkpoint "
                                "(Ctrl-C again stops now without saving)[/]", highlight=False)
 
         previous = _install_sigint(on_sigint)
@@ -639,18 +640,20 @@ class Trainer:
         return last
 
 
-def _install_sigint(handler):
-    """Ctrl-C handled by ``handler`` while training (only possible in the main thread)."""
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Python's default
-        return None
-
-
-def _restore_sigint(previous) -> None:
-    if previous is not None:
+def _install_sigint(handler) -> dict:
+    """Ctrl-C, and SIGTERM (how cluster schedulers preempt a job), handled by ``handler`` while
+    training; only possible in the main thread (elsewhere Python's defaults stay)."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, previous)
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_sigint(previous: dict) -> None:
+    for sig, handler in previous.items():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(sig, handler)
 
 
 def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
