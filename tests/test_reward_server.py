@@ -243,3 +243,11 @@ def test_score_cli(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "lmmr1.cli", "score", str(tmp_path / "none.jsonl")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "cannot read" in missing.stderr
+
+
+def test_serve_rewards_without_the_server_extra_is_one_line():
+    code = ("import sys; sys.modules['uvicorn'] = None\nfrom lmmr1.cli import main\n"
+            "sys.exit(main(['serve-rewards', '--reward', 'format', '--port', '0']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "needs starlette and uvicorn (uvicorn is missing): pip install 'lmmr1[server]'" in res.stderr.replace("\n", "")

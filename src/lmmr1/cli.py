@@ -187,13 +187,13 @@ def eval_cmd(
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (pipeline or single stage).")],
-    compare: Annotated[list[Path] | None, typer.Option(metavar="RUN_DIR", help="Another run directory to tabulate next to this one "
-                                                          "(repeatable), e.g. the direct SFT -> MGT run.")] = None,
+    compare: Annotated[list[Path] | None, typer.Option(metavar="RUN_DIR", help="Another run directory to overlay on the charts "
+                                                          "and tabulate (repeatable), e.g. the direct SFT -> MGT run.")] = None,
 ) -> None:
-    """Rebuild report.html (curves, evaluation table, sample completions) from a run directory."""
+    """Rebuild report.html (charts, evaluation table, sample completions) from a run directory (needs matplotlib)."""
     from lmmr1.report import write_report
 
-    console.print(f"wrote {write_report(run_dir, compare or [])}")
+    console.print(f"wrote {write_report(run_dir, compare or [], require_charts=True)}")
 
 
 data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
