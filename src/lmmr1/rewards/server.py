@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from lmmr1.errors import LmmR1Error
 from lmmr1.rewards.base import Sample, prompt_parts
