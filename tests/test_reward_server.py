@@ -174,6 +174,18 @@ def test_serve_rewards_sigint_finishes_the_request_in_flight_and_exits_0(tmp_pat
         _health_seconds(port)
 
 
+def test_serve_rewards_sigterm_exits_0(tmp_path):
+    proc, port = start_serve_rewards(tmp_path, "--no-access-log")
+    try:
+        assert _health_seconds(port) < 30
+        code, err = stop(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, err
+    assert "GET /health" not in err and "Traceback" not in err  # --no-access-log
+
+
 def test_chunked_body_over_the_limit_is_413(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
     conn.request("POST", "/rewards", body=iter([b"x" * 40_000] * 3), encode_chunked=True,

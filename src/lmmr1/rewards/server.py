@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import signal
 import socket
 import threading
 import time
@@ -149,6 +150,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Stopped(Exception):
+    """Raised by the re-delivered stop signal once uvicorn has shut down gracefully."""
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
+
+
 class RewardServer:
     """A bound reward server: ``serve_forever()`` (blocks; SIGINT stops it gracefully in the main
     thread), ``shutdown()`` from another thread, ``server_close()``; ``server_address`` is bound."""
@@ -253,11 +262,20 @@ class RewardServer:
     # ------------------------------------------------------------------ lifecycle
     def serve_forever(self) -> None:
         """Serve until :meth:`shutdown` or (main thread) SIGINT/SIGTERM, which stops accepting, lets
-        in-flight requests finish (up to 30 s), then returns; uvicorn re-raises the signal afterwards,
-        so a caller sees KeyboardInterrupt for Ctrl-C."""
+        in-flight requests finish (up to 30 s), then returns normally.
+
+        uvicorn catches the signal, shuts down gracefully, then re-raises it to the handler that was
+        installed before; that handler is ours for the duration, so the re-raised signal ends
+        ``serve_forever`` quietly instead of a KeyboardInterrupt or a kill by SIGTERM (exit 143)."""
+        main = threading.current_thread() is threading.main_thread()
+        saved = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             self._server.run(sockets=[self.socket])
+        except _Stopped:
+            pass
         finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
             self._stopped.set()
 
     @property
