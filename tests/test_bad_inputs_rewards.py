@@ -363,10 +363,10 @@ def raw_request(port: int, head: bytes, body: bytes = b"", wait: float = HANG_BO
         return b"".join(chunks)
 
 
-@pytest.mark.parametrize("length, status, fragment", [
-    ("-1", 400, b"Content-Length must be >= 0, got -1"),
-    ("-999999", 400, b"Content-Length must be >= 0"),
-    ("ten", 400, b"Content-Length must be an integer"),
+@pytest.mark.parametrize("length, status, fragment", [  # malformed values never reach the app: uvicorn's parser
+    ("-1", 400, b"Invalid HTTP request received"),
+    ("-999999", 400, b"Invalid HTTP request received"),
+    ("ten", 400, b"Invalid HTTP request received"),
     ("99999999999999999999", 413, b"exceeds the limit"),
 ])
 def test_bad_content_length_is_answered_at_once(server, length, status, fragment):
@@ -399,8 +399,11 @@ def test_short_body_client_is_dropped_and_others_are_served(server):
     with socket.create_connection(("127.0.0.1", port), timeout=HANG_BOUND) as s:
         s.sendall(head + b'{"compl')  # 7 of the 100 bytes, then silence
         ok = _health(port)
-        assert s.recv(100) == b""  # closed by the server after its 1 s request timeout
+        answer = b""
+        while chunk := s.recv(4096):  # answered 408, then closed, after the server's 1 s request timeout
+            answer += chunk
     assert ok
+    assert answer.startswith(b"HTTP/1.1 408") and b"request body not received within 1 s" in answer
 
 
 def _health(port):

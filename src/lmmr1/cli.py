@@ -208,13 +208,13 @@ def eval_cmd(
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (pipeline or single stage).")],
-    compare: Annotated[list[Path] | None, typer.Option(metavar="RUN_DIR", help="Another run directory to tabulate next to this one "
-                                                          "(repeatable), e.g. the direct SFT -> MGT run.")] = None,
+    compare: Annotated[list[Path] | None, typer.Option(metavar="RUN_DIR", help="Another run directory to overlay on the charts "
+                                                          "and tabulate (repeatable), e.g. the direct SFT -> MGT run.")] = None,
 ) -> None:
-    """Rebuild report.html (curves, evaluation table, sample completions) from a run directory."""
+    """Rebuild report.html (charts, evaluation table, sample completions) from a run directory (needs matplotlib)."""
     from lmmr1.report import write_report
 
-    console.print(f"wrote {write_report(run_dir, compare or [])}")
+    console.print(f"wrote {write_report(run_dir, compare or [], require_charts=True)}")
 
 
 data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
@@ -350,8 +350,14 @@ def serve_rewards_cmd(
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
     max_body_mb: Annotated[float, typer.Option(help="Largest accepted request body, MiB.")] = 16.0,
+    workers: Annotated[int, typer.Option(help="Scoring threads (requests scored at once).")] = 8,
+    score_timeout: Annotated[float, typer.Option(help="Seconds one request's scoring may take (then 504).")] = 600.0,
+    access_log: Annotated[bool, typer.Option(help="One line per request on stderr.")] = True,
 ) -> None:
-    """Serve rewards over HTTP (LMM-R1's POST /get_reward, plus POST /rewards with components)."""
+    """Serve rewards over HTTP (LMM-R1's POST /get_reward, plus POST /rewards with components).
+
+    starlette + uvicorn (``pip install 'lmmr1[server]'``); Ctrl-C finishes in-flight requests and exits 0.
+    """
     from lmmr1.rewards.compose import check_rewards, parse_cli_rewards
     from lmmr1.rewards.server import make_server
 
@@ -359,7 +365,9 @@ def serve_rewards_cmd(
         raise LmmR1Error(f"--max-body-mb must be > 0, got {max_body_mb:g}")
     composite = check_rewards(parse_cli_rewards(reward or ["format,accuracy"], weights))
     try:
-        server = make_server(composite, host, port, int(max_body_mb * 1024 * 1024))
+        server = make_server(composite, host, port, int(max_body_mb * 1024 * 1024), workers=workers,
+                             score_timeout=score_timeout,
+                             access_log=(lambda line: print(line, file=sys.stderr, flush=True)) if access_log else None)
     except LmmR1Error:
         composite.close()
         raise
