@@ -56,6 +56,17 @@ def test_splits_are_disjoint_and_deterministic():
         list(problems("chess", "train", 1))
 
 
+def test_demo_validation_split_is_disjoint_from_train_and_test():
+    """recipes/demo_cpu.yaml is tuned on the val split: with the demo's knobs it must share no problem
+    with the 4000 training problems or the 200 held-out test problems."""
+    knobs = {"max_count": 6, "distractors": 0, "grid": 3}
+    train = {p.key for p in problems("counting", "train", 4000, **knobs)}
+    val = {p.key for p in problems("counting", "val", 200, **knobs)}
+    test = {p.key for p in problems("counting", "test", 200, **knobs)}
+    assert len(train) == 4000 and len(val) == 200 and len(test) == 200
+    assert not (val & train) and not (val & test) and not (train & test)
+
+
 def test_write_suite_text_and_image_versions_load(tmp_path):
     out = write_suite(tmp_path, "counting", "test", 12, "both", max_count=3)
     text = PromptDataset.load(str(out["text"]), system_prompt="none")

@@ -2,7 +2,8 @@
 
 Builds a tiny Qwen2.5-VL offline, synthesises counting problems as text and as pictures, then runs
 cold-start SFT -> FRE (text RL) -> MGT (image RL), evaluating held-out text and image suites after
-every stage, and writes summary.json and report.html.  About 12 minutes on 2 cores.
+every stage (and the validation split the recipe is tuned on), and writes summary.json and
+report.html.  About 12-14 minutes on 2 cores of an unshared machine (docs/results.md).
 """
 
 from __future__ import annotations
