@@ -314,7 +314,7 @@ def test_zero_steps_is_refused_before_a_final_model_is_written(tmp_path, tiny_vl
 
 # ------------------------------------------------------------------------------------- recipe files
 @pytest.mark.parametrize("content, expected", [
-    (b"model: {path: m}\n# caf\xe9\n", "recipe {f}:2: not UTF-8 text (byte 0xe9); re-save it as UTF-8"),
+    (b"model: {path: m}\n# caf\xe9\n", "recipe {f}:2: not UTF-8 text (byte 0xe9); re-save the file as UTF-8"),
     (b"model: {path: m\ndata: [d.jsonl]\n", "recipe {f}:2:5: invalid YAML (expected ',' or '}', but got ':')"),
     (b"- model\n- data\n", "recipe {f} must be a mapping of sections (model, data, reward, ...)"),
     (b"model: {path: m}\nrollout: 4\n", "rollout must be a mapping, got int"),

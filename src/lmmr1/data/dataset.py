@@ -22,7 +22,7 @@ from typing import Any
 
 from lmmr1.data.images import ImageError, decode_image, probe_image, resolve_image
 from lmmr1.data.prompts import resolve_system_prompt, with_system_prompt
-from lmmr1.errors import LmmR1Error
+from lmmr1.errors import LmmR1Error, utf8_text
 
 log = logging.getLogger("lmmr1.data")
 
@@ -113,12 +113,7 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
                     continue
                 yield f"{path}:{lineno}", row
     elif suffix == ".json":
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
-            raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
+        text = utf8_text(path.read_bytes(), str(path), DataError)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lmmr1.errors import LmmR1Error
+from lmmr1.errors import LmmR1Error, utf8_text
 from lmmr1.models.loader import LORA_SAVE_MODES, LORA_TARGETS
 from lmmr1.trainer.logging import WANDB_MISSING
 
@@ -428,12 +428,7 @@ def read_recipe(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe {p} does not exist" if not p.exists() else f"recipe {p} is not a file")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"recipe {p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save it as UTF-8") from None
+    text = utf8_text(p.read_bytes(), f"recipe {p}", ConfigError)
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
