@@ -158,6 +158,9 @@ def test_dry_run_checks_everything_and_loads_no_weights(tmp_path, tiny_vlm, reci
     (lambda p: (p / "red.png").write_bytes((p / "red.png").read_bytes()[:60]), [],
      "{p}/d.jsonl:2: field 'message', image 1: not a readable image (OSError: image file is truncated)"),
     (lambda p: None, ["train.steps=0"], "train.steps=0 is out of range"),
+    # a reward file that imports but fails when called: the dry run calls it once on a sample
+    (lambda p: (p / "rw.py").write_text("def boom(samples):\n    raise ValueError('no gold field')\n"),
+     ["reward=[{path: {p}/rw.py, name: boom}]"], "no gold field"),
 ])
 def test_dry_run_refuses_with_one_line_and_exit_2(tmp_path, recipe, capsys, make, override, expected):
     make(tmp_path)

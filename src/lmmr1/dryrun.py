@@ -138,10 +138,12 @@ def check_data(cfg: Config, processor, context: int | None) -> list[dict[str, An
 
 
 def check_rewards(cfg: Config) -> list[str]:
-    """Build the rewards as the trainer does (imports custom reward files); returns their names."""
-    from lmmr1.rewards.compose import CompositeReward, RewardSpec
+    """Build and check the rewards as the trainer does (custom reward files imported and called
+    once on a sample); returns their names."""
+    from lmmr1.rewards import RewardSpec
+    from lmmr1.rewards import check_rewards as build_and_check
 
-    composite = CompositeReward([RewardSpec(**asdict(r)) for r in cfg.reward])
+    composite = build_and_check([RewardSpec(**asdict(r)) for r in cfg.reward])
     try:
         return [f"{n} x{w:g}" for n, w in composite.weights.items()]
     finally:
