@@ -24,7 +24,6 @@ Every failure is the same one-line :class:`LmmR1Error` a real run would raise, s
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from dataclasses import asdict
@@ -33,26 +32,11 @@ from typing import Any
 
 from lmmr1.data import DataConfig, PromptDataset, model_context_tokens
 from lmmr1.errors import LmmR1Error, ModelLoadError
+from lmmr1.models.loader import read_model_config
 from lmmr1.trainer.config import Config, ConfigError
 
 
 # ------------------------------------------------------------------------------------------- model
-def read_model_config(p: Path) -> dict[str, Any]:
-    """config.json of a checkpoint directory, with the loader's one-line errors."""
-    if not p.exists():
-        raise ModelLoadError(f"model directory {p} does not exist; pass a local Hugging Face checkpoint directory "
-                             "(model hubs are not contacted; build a test model with `lmmr1 make-tiny DIR`)")
-    if not p.is_dir():
-        raise ModelLoadError(f"{p} is a file; pass the checkpoint *directory* that holds config.json")
-    if not (p / "config.json").exists():
-        raise ModelLoadError(f"{p} has no config.json, so it is not a Hugging Face checkpoint directory; "
-                             "point to the folder holding config.json, *.safetensors and the tokenizer files")
-    try:
-        return json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{p / 'config.json'} is not valid JSON: {e}") from None
-
-
 def check_model_dir(path: str | Path) -> dict[str, Any]:
     """What ``load_model`` checks before it reads weights; returns model_type, VLM flag, context."""
     from lmmr1.models.loader import TEXT_TYPES, VLM_TYPES

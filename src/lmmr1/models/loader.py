@@ -247,7 +247,9 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- loading
-def _read_config(path: Path) -> dict:
+def read_model_config(path: Path) -> dict:
+    """config.json of a checkpoint directory, or one line saying why it cannot be read (also used
+    by ``--dry-run``, which must not load weights)."""
     if not path.exists():
         raise ModelLoadError(
             f"model directory {path} does not exist; pass a local Hugging Face checkpoint directory "
@@ -262,9 +264,11 @@ def _read_config(path: Path) -> dict:
             "point to the folder holding config.json, *.safetensors and the tokenizer files"
         )
     try:
-        return json.loads(cfg_file.read_text())
+        return json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{cfg_file} is not valid JSON (line {e.lineno}): {e.msg}") from e
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{cfg_file} is not UTF-8 text; re-save it as UTF-8") from None
 
 
 def _check_safetensors(path: Path) -> None:
@@ -312,7 +316,7 @@ def load_model(
         return _load_adapter_dir(path, lora, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
                                  freeze_vision=freeze_vision, max_prompt_tokens=max_prompt_tokens,
                                  attn_implementation=attn_implementation)
-    cfg = _read_config(path)
+    cfg = read_model_config(path)
     model_type = cfg.get("model_type")
     if model_type not in VLM_TYPES + TEXT_TYPES:
         raise ModelLoadError(
