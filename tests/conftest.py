@@ -45,3 +45,17 @@ def images():
 def user(text, *imgs):
     content = [{"type": "image", "image": im} for im in imgs] + [{"type": "text", "text": text}]
     return [{"role": "user", "content": content}]
+
+
+def short_context_copy(tiny_vlm, out_dir, context: int):
+    """A copy of the tiny VLM whose config.json says its context is ``context`` tokens."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_vlm, out_dir)
+    cfg = json.loads((out_dir / "config.json").read_text())
+    for section in (cfg, cfg.get("text_config") or {}):
+        if "max_position_embeddings" in section:
+            section["max_position_embeddings"] = context
+    (out_dir / "config.json").write_text(json.dumps(cfg))
+    return out_dir

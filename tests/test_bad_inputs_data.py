@@ -16,6 +16,7 @@ from PIL import Image
 from lmmr1.data import DataError, PromptDataset
 from lmmr1.data.images import ImageError, decode_image, probe_image
 from lmmr1.trainer.config import ConfigError, load_config
+from tests.conftest import short_context_copy
 
 Q = json.dumps([{"role": "user", "content": "What is 1+1?"}])
 
@@ -281,17 +282,9 @@ def test_a_mini_batch_that_is_not_a_multiple_of_the_micro_batch_is_allowed():
 
 # ------------------------------------------------------------------------------ through the trainer
 def test_trainer_refuses_a_prompt_over_the_model_context_before_training(tmp_path, tiny_vlm):
-    import shutil
-
     from lmmr1.trainer import Trainer
 
-    model = tmp_path / "short_ctx"
-    shutil.copytree(tiny_vlm, model)
-    cfg = json.loads((model / "config.json").read_text())
-    for section in (cfg, cfg.get("text_config") or {}):
-        if "max_position_embeddings" in section:
-            section["max_position_embeddings"] = 16
-    (model / "config.json").write_text(json.dumps(cfg))
+    model = short_context_copy(tiny_vlm, tmp_path / "short_ctx", 16)
     f = write_jsonl(tmp_path / "d.jsonl", [{"message": Q, "answer": "2"}])
     run = load_config(None, [f"output_dir={tmp_path / 'run'}", f"model.path={model}",
                              f"data=[{{path: {f}, system_prompt: none}}]", "reward=[{name: accuracy}]",

@@ -14,6 +14,7 @@ import yaml
 from lmmr1.cli import main
 from lmmr1.pipeline import load_pipeline, stage_configs
 from lmmr1.trainer.config import load_config, to_dict
+from tests.conftest import short_context_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -171,13 +172,7 @@ def test_dry_run_refuses_with_one_line_and_exit_2(tmp_path, recipe, capsys, make
 
 
 def test_dry_run_refuses_a_prompt_longer_than_the_model_context(tmp_path, tiny_vlm, recipe, capsys):
-    model = tmp_path / "short_ctx"
-    shutil.copytree(tiny_vlm, model)
-    cfg = json.loads((model / "config.json").read_text())
-    for section in (cfg, cfg.get("text_config") or {}):
-        if "max_position_embeddings" in section:
-            section["max_position_embeddings"] = 20
-    (model / "config.json").write_text(json.dumps(cfg))
+    model = short_context_copy(tiny_vlm, tmp_path / "short_ctx", 20)
     rc, _, err = cli(capsys, "train", recipe, "--dry-run", f"model.path={model}")
     assert rc == 2
     assert error_line(err).startswith(f"{tmp_path / 'd.jsonl'}:1: field 'message': prompt is ")
