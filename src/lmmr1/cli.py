@@ -340,6 +340,9 @@ def score_cmd(
     console.print(table)
     timeouts = sum(v for k, v in summary.stats.items() if k.endswith("timeouts"))
     console.print(f"rows: {summary.rows}   error rows: {summary.error_rows}   math-verify timeouts: {timeouts}")
+    if summary.counts.get("success"):  # env rewards (sokoban, football): replays that solved the task
+        console.print(f"success: {summary.sums['success']:.0f}/{summary.counts['success']} "
+                      f"({summary.mean('success'):.1%})")
 
 
 @app.command("serve-rewards")

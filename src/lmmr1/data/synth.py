@@ -159,6 +159,9 @@ def geometry(rng: random.Random, scale: int = 4) -> Problem:
 
 
 SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry}
+from lmmr1.data import synth_agents  # noqa: E402  (agent suites build on Problem above)
+
+SUITES.update(sokoban=synth_agents.sokoban)
 
 
 def knob_names(suite: str) -> dict[str, Any]:
@@ -231,6 +234,8 @@ def write_suite(out_dir: str | Path, suite: str, split: str, n: int, modality: s
                     content = [{"type": "image", "image": rel}, {"type": "text", "text": p.image_question}]
                 row = {"message": json.dumps([{"role": "user", "content": content}]), "answer": p.answer,
                        "response": p.response, "datasource": f"{suite}_{mod}", **p.fields}
+                if isinstance(row.get("env"), dict):  # agent suites: the env shows what the row shows
+                    row["env"] = {**row["env"], "view": mod}
                 fh.write(json.dumps(row) + "\n")
         written[mod] = path
     return written

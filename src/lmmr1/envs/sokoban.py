@@ -9,7 +9,8 @@ ignored: no reward, no state change), and a step whose text is not one of the fo
 the single-turn reward decides what an invalid answer costs).
 
 Levels are standard XSB text: ``#`` wall, `` `` (or ``-``/``_``) floor, ``.`` goal, ``$`` box,
-``*`` box on goal, ``@`` player, ``+`` player on goal.  Cells outside the grid count as walls.
+``*`` box on goal, ``@`` player, ``+`` player on goal.  Cells outside the grid, and past the end of
+a shorter line, count as walls (written back as ``#``).
 """
 
 from __future__ import annotations
@@ -91,11 +92,15 @@ class Level:
             raise EnvError(f"{where}: a level needs at least one box ($ or *)")
         if len(boxes) != len(goals):
             raise EnvError(f"{where}: {len(boxes)} boxes but {len(goals)} goals; XSB levels have one goal per box")
-        return cls(len(rows), max(len(r) for r in rows), frozenset(walls), frozenset(goals), frozenset(boxes),
+        width = max(len(r) for r in rows)
+        walls |= {(r, c) for r, row in enumerate(rows) for c in range(len(row), width)}  # ragged ends: outside
+        return cls(len(rows), width, frozenset(walls), frozenset(goals), frozenset(boxes),
                    players[0])
 
-    def to_xsb(self) -> list[str]:
-        """The XSB lines (trailing spaces stripped), the inverse of :meth:`from_xsb`."""
+    def to_xsb(self, floor: str = " ") -> list[str]:
+        """The XSB lines (trailing spaces stripped), the inverse of :meth:`from_xsb`.  ``floor="_"``
+        writes floor as ``_`` (also valid XSB): prompts use it because tokenisers merge runs of
+        spaces, which would hide the grid's columns from the model."""
         out = []
         for r in range(self.height):
             chars = []
@@ -108,7 +113,7 @@ class Level:
                 elif p in self.boxes:
                     chars.append("*" if p in self.goals else "$")
                 else:
-                    chars.append("." if p in self.goals else " ")
+                    chars.append("." if p in self.goals else floor)
             out.append("".join(chars).rstrip())
         return out
 
@@ -261,7 +266,7 @@ class SokobanEnv:
     def observe(self) -> Observation:
         if self.state is None:
             raise EnvError("sokoban: call reset(seed) before step/observe")
-        text = "\n".join(self.state.to_xsb()) if self.view in ("text", "both") else ""
+        text = "\n".join(self.state.to_xsb(floor="_")) if self.view in ("text", "both") else ""
         images = []
         if self.view in ("image", "both"):
             from lmmr1.envs.render import render_sokoban

@@ -32,6 +32,20 @@ def _add(summary: ScoreSummary, key: str, value: float | None) -> None:
         summary.counts[key] = summary.counts.get(key, 0) + 1
 
 
+def successes(reward: CompositeReward, samples: list[Sample]) -> list[bool] | None:
+    """Per sample, whether every env reward of ``reward`` (those with ``success_of``, e.g. sokoban)
+    says its replay solved the task; None when ``reward`` has no env reward.  A row an env reward
+    cannot score is not a success."""
+    parts = [r for _, _, r in reward.parts if hasattr(r, "success_of")]
+    if not parts:
+        return None
+    flags = [True] * len(samples)
+    for r in parts:
+        for i, ok in enumerate(r.success_of(samples)):
+            flags[i] = flags[i] and bool(ok)
+    return flags
+
+
 def score_file(input_path: str | Path, reward: CompositeReward, out: IO[str], batch_size: int = 256) -> ScoreSummary:
     """Write one output line per input line (input fields kept + rewards/reward or error)."""
     path = Path(input_path)
@@ -45,6 +59,7 @@ def score_file(input_path: str | Path, reward: CompositeReward, out: IO[str], ba
     def flush() -> None:
         good = [(k, s) for k, (_, _, s, err) in enumerate(batch) if err is None]
         result = reward([s for _, s in good]) if good else None
+        success = successes(reward, [s for _, s in good]) if good else None
         slot = {k: j for j, (k, _) in enumerate(good)}
         for k, (lineno, row, _, err) in enumerate(batch):
             summary.rows += 1
@@ -55,6 +70,9 @@ def score_file(input_path: str | Path, reward: CompositeReward, out: IO[str], ba
                 else:
                     comps = {name: vals[j] for name, vals in result.components.items()}
                     row = {**row, "rewards": comps, "reward": result.total[j]}
+                    if success is not None:  # env rewards: did the replay solve the task
+                        row["success"] = bool(success[j])
+                        _add(summary, "success", float(success[j]))
                     for name, v in comps.items():
                         _add(summary, name, v)
                     _add(summary, "reward", result.total[j])

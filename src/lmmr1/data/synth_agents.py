@@ -1,0 +1,52 @@
+"""Agent suites for ``lmmr1 data synth``: Sokoban levels (and Football scenarios) as LMM-R1 rows.
+
+Each row carries an ``env`` field (``{"name": "sokoban", "level": [XSB lines], ...}``) that the
+``sokoban`` reward replays the answer in, and that multi-turn training and ``lmmr1 eval`` start the
+environment from.  The text version shows the grid in the prompt, the image version shows the
+rendered frame (LMM-R1 trains on the frame); both ask for the whole move list in one answer.
+The worked ``response`` is an optimal BFS solution, the cold-start SFT target.
+"""
+
+from __future__ import annotations
+
+import random
+
+from lmmr1.data.synth import Problem
+
+SOKOBAN_RULES = ("Push every box onto a goal. You move one cell per move and push a box by walking into it; "
+                 "you cannot pull boxes or push two at once.")
+ANSWER_FORMAT = ("Think inside <think></think>, then give all your moves at once, comma-separated, from Up, Down, "
+                 "Left, Right, inside <answer></answer>, e.g. <answer>Left, Up, Up</answer>.")
+SOKOBAN_LEGEND = "# wall, _ floor, . goal, $ box, * box on a goal, @ you, + you on a goal"
+SOKOBAN_IMAGE_LEGEND = "brown walls, beige floor, red rings are goals, orange squares are boxes (green on a goal), you are the blue disc"
+
+
+def sokoban_text_prompt(grid: str) -> str:
+    return f"You are playing Sokoban. {SOKOBAN_RULES}\nThe level ({SOKOBAN_LEGEND}):\n{grid}\n{ANSWER_FORMAT}"
+
+
+def sokoban_image_prompt() -> str:
+    return f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{ANSWER_FORMAT}"
+
+
+def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20) -> Problem:
+    """A reverse-play level with an optimal solution of min_moves..max_moves moves (LMM-R1: 7x7, 2-3 boxes)."""
+    from lmmr1.envs.render import render_sokoban
+    from lmmr1.envs.sokoban_gen import GenConfig, generate
+
+    cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
+    cfg.check_values()
+    seed = rng.getrandbits(31)
+    g = generate(cfg, seed)
+    level = g.level
+    xsb = level.to_xsb()
+    moves = ", ".join(g.solution)
+    env = {"name": "sokoban", "level": xsb, "optimal_moves": g.optimal_moves}
+    return Problem(
+        key="sokoban:" + "|".join(xsb), question=sokoban_text_prompt("\n".join(level.to_xsb(floor="_"))),
+        image_question=sokoban_image_prompt(), answer=moves,
+        response=(f"<think>Pushing the boxes onto the goals takes {g.optimal_moves} move{'' if g.optimal_moves == 1 else 's'}.</think>"
+                  f"<answer>{moves}</answer>"),
+        draw=lambda px: render_sokoban(level, max(4, px // max(level.width, level.height))),
+        fields={"env": env},
+    )
