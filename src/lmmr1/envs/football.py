@@ -356,8 +356,8 @@ class FootballEnv:
         "ball lost" penalty: punishing every attempt would teach the policy never to shoot."""
         post = -GOAL_HALF_WIDTH * 0.8 if s.keeper[1] >= 0 else GOAL_HALF_WIDTH * 0.8
         target = (X_MAX, post)
-        terms["shot"] = _clearance(s, s.ball, target)
         far = math.dist(s.ball, (X_MAX, 0.0)) > SHOT_RANGE
+        terms["shot"] = 0.0 if far else _clearance(s, s.ball, target)  # no pay for hopeful long shots
         blocked = any(_dist_to_segment(d, s.ball, target) < SHOT_BLOCK for d in s.defenders)
         saved = _dist_to_segment(s.keeper, s.ball, target) < KEEPER_REACH
         s.done = True
