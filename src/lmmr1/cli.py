@@ -196,6 +196,9 @@ def eval_cmd(
             table.add_row(f"  {src}", "", f"{v:.4f}", "", "", "", "")
     console.print(table)
     for name, r in results.items():
+        if "mean_return" in r:  # env suites: accuracy is the success rate of the replayed answers
+            console.print(f"{name}: success rate {r['success_rate']:.4f}   mean return {r['mean_return']:.4f}")
+    for name, r in results.items():
         if r["truncated"] > TRUNCATION_WARN_FRACTION:
             console.print(f"[yellow]warning:[/] {name}: {r['truncated']:.0%} of samples hit --max-new-tokens "
                           f"{max_new_tokens} before ending; their answers were cut off (raise --max-new-tokens)",

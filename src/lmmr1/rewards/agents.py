@@ -79,6 +79,7 @@ class AgentScore:
     thinking: float = 0.0
     success: bool = False
     n_actions: int = 0
+    ret: float = 0.0  # the replay's plain episode return (sum of env rewards; 0 without an answer)
 
 
 def sokoban_score(completion: str, env: dict[str, Any]) -> AgentScore:
@@ -111,7 +112,8 @@ def sokoban_score(completion: str, env: dict[str, Any]) -> AgentScore:
     fmt = 1.0 if format_ok(completion) else 0.0
     act = action_bonus(actions)
     think = thinking_bonus(completion)
-    return AgentScore(task + FORMAT_WEIGHT * fmt + act + think, task, fmt, act, think, rep.solved, len(actions))
+    return AgentScore(task + FORMAT_WEIGHT * fmt + act + think, task, fmt, act, think, rep.solved, len(actions),
+                      sum(rep.rewards))
 
 
 class _EnvReward:
@@ -188,7 +190,7 @@ def football_score(completion: str, env: dict[str, Any]) -> AgentScore:
         success = r.success
         if r.done:
             break
-    return AgentScore(ret, task=ret, success=success, n_actions=len(actions))
+    return AgentScore(ret, task=ret, success=success, n_actions=len(actions), ret=ret)
 
 
 @register("football", default_weight=1.0)
@@ -199,3 +201,14 @@ class FootballReward(_EnvReward):
 
     def score_one(self, completion: str, env: dict[str, Any]) -> AgentScore:
         return football_score(completion, env)
+
+
+SCORERS = {"sokoban": sokoban_score, "football": football_score}
+
+
+def env_score(completion: str, env: dict[str, Any]) -> AgentScore:
+    """The single-turn score of ``completion`` in the env a row names (``lmmr1 eval`` on env suites)."""
+    name = env.get("name") if isinstance(env, dict) else None
+    if name not in SCORERS:
+        raise EnvError(f"no single-turn scorer for env {name!r}; known: {', '.join(sorted(SCORERS))}")
+    return SCORERS[name](completion, env)
