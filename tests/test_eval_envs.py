@@ -11,12 +11,12 @@ import pytest
 
 from lmmr1.data.benchmarks import load_benchmark
 from lmmr1.data.synth import write_suite
+from lmmr1.envs import EnvError
 from lmmr1.errors import LmmR1Error
 from lmmr1.eval import EvalConfig, evaluate
 from lmmr1.models import load_model
 from lmmr1.report import _eval_table
 from lmmr1.rewards.agents import env_score
-from lmmr1.envs import EnvError
 
 
 def test_env_score_known_answers():

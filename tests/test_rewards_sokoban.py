@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lmmr1.rewards.agents import action_bonus, best_prefix_return, is_repetitive, sokoban_score, thinking_bonus
+from lmmr1.rewards.agents import (
+    action_bonus,
+    best_prefix_return,
+    is_repetitive,
+    sokoban_score,
+    thinking_bonus,
+)
 from lmmr1.rewards.base import RowError, Sample
 from lmmr1.rewards.compose import CompositeReward
 
@@ -141,7 +147,7 @@ def test_score_success_agrees_with_independent_replay(tmp_path: Path):
 
     rng = random.Random(0)
     lines = []
-    for i, r in enumerate(rows):
+    for r in rows:
         sol = r["answer"].split(", ")
         kinds = [sol, sol[:-1], [rng.choice(["Up", "Down", "Left", "Right"]) for _ in range(len(sol) + 2)]]
         for moves in kinds:

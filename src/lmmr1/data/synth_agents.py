@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import random
+from typing import TYPE_CHECKING
 
-from lmmr1.data.synth import Problem
+if TYPE_CHECKING:  # lmmr1.data.synth imports this module to register the suites
+    from lmmr1.data.synth import Problem
 
 SOKOBAN_RULES = ("Push every box onto a goal. You move one cell per move and push a box by walking into it; "
                  "you cannot pull boxes or push two at once.")
@@ -32,6 +34,7 @@ def sokoban_image_prompt() -> str:
 
 def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20) -> Problem:
     """A reverse-play level with an optimal solution of min_moves..max_moves moves (LMM-R1: 7x7, 2-3 boxes)."""
+    from lmmr1.data.synth import Problem
     from lmmr1.envs.render import render_sokoban
     from lmmr1.envs.sokoban_gen import GenConfig, generate
 
@@ -71,6 +74,7 @@ def football_prompt(mode: str, description: str = "") -> str:
 
 def football(rng: random.Random, attackers: int = 2, defenders: int = 2, mode: str = "global") -> Problem:
     """A seeded attacking scenario (MageBench-like); the worked answer is a beam-search plan."""
+    from lmmr1.data.synth import Problem
     from lmmr1.envs.football import FootballEnv, GenConfig, plan
 
     if mode not in ("global", "online"):
