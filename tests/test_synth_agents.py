@@ -68,7 +68,11 @@ def test_football_rows_global_and_online(tmp_path):
 
 
 def test_agent_suite_knobs_and_errors(tmp_path):
-    assert knob_names("sokoban") == {"size": 7, "boxes": 2, "min_moves": 1, "max_moves": 20}
+    assert knob_names("sokoban") == {"size": 7, "boxes": 2, "min_moves": 1, "max_moves": 20, "mode": "global"}
+    online = rows(write_suite(tmp_path / "on", "sokoban", "test", 3, "text", mode="online")["text"])
+    for r in online:
+        assert r["env"]["mode"] == "online" and "give your next move" in json.loads(r["message"])[0]["content"]
+        assert r["answer"] in ("Up", "Down", "Left", "Right") and make_env(r["env"]).reset(0).text
     assert knob_names("football") == {"attackers": 2, "defenders": 2, "mode": "global"}
     with pytest.raises(LmmR1Error, match="30 boxes do not fit"):
         write_suite(tmp_path, "sokoban", "train", 1, "text", boxes=30)
