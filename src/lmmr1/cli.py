@@ -149,7 +149,7 @@ def eval_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens (room for a reasoning trace; "
                                                      "the 'truncated' column shows answers cut off).")] = 2048,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
-    system_prompt: Annotated[str, typer.Option(help="r1, r1_boxed, none, or custom text.")] = "r1",
+    system_prompt: Annotated[str, typer.Option(help="r1, r1_boxed, lmm_r1, none, or custom text.")] = "r1",
     limit: Annotated[int | None, typer.Option(help="Use only the first N problems of each benchmark.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples at temperature > 0).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,

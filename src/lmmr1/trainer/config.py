@@ -107,6 +107,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # warm-up as a fraction of train.steps (LMM-R1's 0.03); exclusive with warmup_steps
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0
 
@@ -114,6 +115,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 10
+    data_passes: float = 0.0  # > 0: steps = ceil(passes x dataset rows / prompts_per_step) (LMM-R1's num_episodes)
     prompts_per_step: int = 8  # rollout batch, in prompts (rows = prompts * n)
     mini_batch_size: int = 0  # rows per optimizer step (0: the whole rollout batch)
     micro_batch_size: int = 8  # rows per forward/backward
@@ -247,9 +249,12 @@ def check_values(cfg: Config) -> None:
                                                            and 0 <= b < 1 for b in o.betas),
          "must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
         ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0"),
+        ("optim.warmup_ratio", o.warmup_ratio, 0 <= o.warmup_ratio < 1, "must be in [0, 1)"),
         ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "must be in [0, 1]"),
         ("optim.max_grad_norm", o.max_grad_norm, o.max_grad_norm > 0, "must be > 0"),
         ("train.steps", t.steps, t.steps >= 1, "must be >= 1 (0 steps would save an untrained model as 'final')"),
+        ("train.data_passes", t.data_passes, t.data_passes >= 0,
+         "must be >= 0 (0: train.steps sets the length; 2 = two passes over the data)"),
         ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, "must be >= 1"),
         ("train.mini_batch_size", t.mini_batch_size, t.mini_batch_size >= 0,
          "must be >= 0 (0: the whole rollout batch)"),
@@ -268,6 +273,9 @@ def check_values(cfg: Config) -> None:
     for key, value, ok, need in rules:
         if not ok:
             raise ConfigError(_suggest(key, value, enums[key])) if key in enums else _bad(key, value, need)
+    if o.warmup_steps and o.warmup_ratio:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} and optim.warmup_ratio={o.warmup_ratio} both set "
+                          "the warm-up length: set one of them (the other to 0)")
     # warmup_steps >= train.steps is allowed on purpose: a shortened trial of a real recipe
     # (train.steps=3 on a recipe with 5 warm-up steps) must run as the recipe would start.
     # A mini-batch need not be a multiple of micro_batch_size: losses are normalised by the whole

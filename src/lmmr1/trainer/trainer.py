@@ -57,6 +57,12 @@ def _derived_seed(*parts: Any) -> int:
     return random.Random(":".join(map(str, parts))).getrandbits(63)
 
 
+def steps_for_passes(passes: float, rows: int, prompts_per_step: int) -> int:
+    """Training steps that draw ``passes`` times over ``rows`` prompts (the last step may wrap into
+    the next pass): how the reference scripts size a run (``--num_episodes 2``) instead of fixed steps."""
+    return max(1, math.ceil(passes * rows / prompts_per_step))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -127,6 +133,8 @@ class Trainer:
                                                max_prompt_tokens=m.max_prompt_tokens, name=d.name))
             ds.check_prompt_lengths(self.processor, context_tokens=model_context_tokens(m.path))
             self.datasets.append(ds)
+        if t.data_passes > 0:  # the run's length in passes over the data (before the lr schedule is built)
+            t.steps = steps_for_passes(t.data_passes, sum(len(d) for d in self.datasets), t.prompts_per_step)
         probs = [d.prob for d in cfg.data]
         self.mixer = MixtureSampler([len(d) for d in self.datasets],
                                     None if all(p is None for p in probs) else [p or 0.0 for p in probs], seed=t.seed)
@@ -153,9 +161,10 @@ class Trainer:
     # ------------------------------------------------------------------ schedule
     def _lr_lambda(self, step: int) -> float:
         o, total = self.cfg.optim, max(1, self.cfg.train.steps)
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        warm = o.warmup_steps or math.ceil(o.warmup_ratio * total)  # the reference rounds up too
+        if warm and step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _advance_schedule(self) -> None:
