@@ -291,6 +291,32 @@ def render_cmd(
                       soft_wrap=True)
 
 
+@data_app.command("prepare")
+def prepare_cmd(
+    input: Annotated[Path | None, typer.Argument(help="One released JSONL/JSON file (or use --lmm-r1 DIR).")] = None,
+    out: Annotated[Path, typer.Option(help="Output file (with INPUT) or folder (with --lmm-r1).")] = Path("data"),
+    lmm_r1: Annotated[Path | None, typer.Option("--lmm-r1", help="Folder holding the downloaded LMM-R1 datasets: "
+                                                "writes deepscaler_40k, vermulti_percereason and vermulti_geo .jsonl into --out.")] = None,
+    image_root: Annotated[Path | None, typer.Option(help="Folder the released images were unpacked into: absolute "
+                                                    "image paths of the authors' machine are looked up under it.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip (and count) rows whose images are missing "
+                                               "instead of stopping at the first.")] = False,
+) -> None:
+    """Turn the released LMM-R1 data (DeepScaleR-40K, VerMulti) into the files recipes/lmm_r1/* read."""
+    from lmmr1.data.prepare import prepare_file, prepare_released
+
+    if (input is None) == (lmm_r1 is None):
+        raise LmmR1Error("give either one INPUT file or --lmm-r1 DOWNLOAD_DIR")
+    done = [prepare_file(input, out, image_root, skip_invalid=skip_invalid)] if input is not None else \
+        prepare_released(lmm_r1, out, image_root, skip_invalid=skip_invalid)
+    for p in done:
+        console.print(f"{p.out}: {p.rows} rows, {p.images} images (from {p.source})", markup=False, highlight=False,
+                      soft_wrap=True)
+        if p.skipped:
+            console.print(f"[yellow]warning:[/] {len(p.skipped)} rows skipped, first: "
+                          f"{escape(p.skipped[0][0])}: {escape(p.skipped[0][1])}", highlight=False, soft_wrap=True)
+
+
 @app.command("score")
 def score_cmd(
     input: Annotated[Path, typer.Argument(help="JSONL; each line has 'completion' and 'answer' (+ any fields).")],

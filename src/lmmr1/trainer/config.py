@@ -55,6 +55,7 @@ class DatasetConfig:
     max_pixels: int | None = None
     name: str | None = None
     response_key: str = "response"  # SFT target (the assistant's reply)
+    image_root: str | None = None  # absolute image paths in the rows are looked up under this folder
 
 
 @dataclass
@@ -426,6 +427,7 @@ def resolve_paths(data: dict, base: Path) -> None:
             items[i] = holder["path"]
         else:
             fix(item, "path")
+            fix(item, "image_root")
     for item in data.get("reward") or []:
         fix(item, "path")
 

@@ -130,7 +130,8 @@ class Trainer:
             ds = PromptDataset.load(DataConfig(path=d.path, input_key=d.input_key, label_key=d.label_key,
                                                image_key=d.image_key, system_prompt=d.system_prompt,
                                                skip_invalid=d.skip_invalid, max_pixels=d.max_pixels,
-                                               max_prompt_tokens=m.max_prompt_tokens, name=d.name))
+                                               max_prompt_tokens=m.max_prompt_tokens, name=d.name,
+                                               image_root=d.image_root))
             ds.check_prompt_lengths(self.processor, context_tokens=model_context_tokens(m.path))
             self.datasets.append(ds)
         if t.data_passes > 0:  # the run's length in passes over the data (before the lr schedule is built)
