@@ -31,7 +31,8 @@ class ModelConfig:
     path: str = ""  # local HF checkpoint directory
     tiny: str | None = None  # tiny | small: build an offline test model into {output_dir}/base_model
     tiny_seed: int = 0
-    dtype: str = "auto"  # auto = bf16 on a GPU that supports it, fp32 otherwise
+    dtype: str = "auto"  # parameter dtype: auto = fp32 (master weights); bf16 = pure bf16 (models/precision.py)
+    compute_dtype: str = "auto"  # auto = bf16 autocast on a bf16-capable GPU with fp32 weights, else the param dtype
     device: str = "auto"  # auto = cuda if available, else cpu
     gradient_checkpointing: bool = False
     freeze_vision: bool = False
@@ -160,6 +161,7 @@ class Config:
             raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
         check_values(self)
         _validate_lora(self.model)
+        _validate_precision(self.model)
         if self.train.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
         if self.type == "sft":
@@ -178,6 +180,16 @@ class Config:
         if rows % mb:
             raise ConfigError(f"train.mini_batch_size={mb} must divide the rollout batch of {rows} rows "
                               f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
+
+
+def _validate_precision(m: ModelConfig) -> None:
+    """dtype / compute_dtype names and pairing, checked without a device (``auto`` resolves later)."""
+    from lmmr1.models.precision import PrecisionError, resolve_precision
+
+    try:
+        resolve_precision(m.dtype, m.compute_dtype, "cpu")
+    except PrecisionError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_lora(m: ModelConfig) -> None:
