@@ -245,6 +245,7 @@ class Trainer:
             return completion_logprobs(lm, ro.prompts, ro.prompt_index[rows], ro.completion_ids[rows],
                                        ro.completion_mask[rows], temperature=ro.temperature,
                                        with_entropy=with_entropy,
+                                       entropy_grad=self.cfg.algo.entropy_coef > 0,  # else only a metric
                                        chunk_tokens=self.cfg.train.logprob_chunk_tokens)
 
     @torch.no_grad()
