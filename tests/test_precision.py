@@ -105,3 +105,46 @@ def test_pure_bf16_at_a_small_lr_warns_that_updates_round_away(tmp_path, tiny_vl
     fp32 = Trainer(make_cfg(tmp_path / "fp32", tiny_vlm, "optim.lr=1e-6", "train.steps=1"))
     assert fp32.update_probe is None  # fp32 weights: nothing rounds away, nothing measured
     assert json.dumps(fp32.precision.describe()) == '"fp32 weights, fp32 compute"'
+
+
+# ------------------------------------------------------------------ evaluation: the training device and precision
+def _vision_bench(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), "blue").save(tmp_path / "1.png")
+    rows = [{"id": str(i), "question": q, "options": [], "image": "1.png", "answer": a, "solution": "", "level": 1,
+             "subject": "counting"} for i, (q, a) in enumerate([("How many?", "3"), ("Area?", "12"), ("Sum?", "5")])]
+    (tmp_path / "mathvision.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path / "mathvision.jsonl"
+
+
+def test_cli_eval_runs_in_the_training_precision(tmp_path, tiny_vlm, capsys):
+    from tests.test_config_cli import cli, error_line
+
+    bench, out = _vision_bench(tmp_path), tmp_path / "res.json"
+    rc, _, err = cli(capsys, "eval", "--model", tiny_vlm, "--bench", f"vision={bench}", "--max-new-tokens", "3",
+                     "--batch-size", "2", "--compute-dtype", "bf16", "--out", out)
+    assert rc == 0, err
+    r = json.loads(out.read_text())["results"]["vision"]
+    assert (r["device"], r["precision"], r["problems"]) == ("cpu", "fp32 weights, bf16 compute (autocast)", 3)
+    rc, _, err = cli(capsys, "eval", "--model", tiny_vlm, "--bench", f"vision={bench}", "--dtype", "bf16",
+                     "--compute-dtype", "fp32")
+    assert rc == 2 and "autocast only lowers precision from fp32 weights" in error_line(err)
+    rc, _, err = cli(capsys, "eval", "--model", tiny_vlm, "--bench", f"vision={bench}", "--device", "cuda")
+    assert rc == 2 and error_line(err) == "device 'cuda': torch sees no CUDA GPU here (use auto or cpu)"
+
+
+def test_pipeline_eval_uses_the_stages_precision(tmp_path, tiny_vlm):
+    from rich.console import Console
+
+    from lmmr1.pipeline import run_eval
+    from lmmr1.trainer.config import ModelConfig
+
+    data = {"eval": {"suites": {"vision": str(_vision_bench(tmp_path))}, "max_new_tokens": 3, "batch_size": 2}}
+    res = run_eval(tiny_vlm, data, tmp_path, tmp_path / "eval.json", Console(file=open(tmp_path / "log", "w")),
+                   ModelConfig(compute_dtype="bf16"))
+    assert res["vision"]["precision"] == "fp32 weights, bf16 compute (autocast)"
+    assert json.loads((tmp_path / "eval.json").read_text())["vision"]["device"] == "cpu"
+    pure = run_eval(tiny_vlm, data, tmp_path, tmp_path / "eval2.json", Console(file=open(tmp_path / "log2", "w")),
+                    ModelConfig(dtype="bf16"))
+    assert pure["vision"]["precision"] == "bf16 weights, bf16 compute"  # loaded as the stage trained it

@@ -153,6 +153,10 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="Use only the first N problems of each benchmark.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples at temperature > 0).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Parameter dtype, as model.dtype in training (auto = fp32).")] = "auto",
+    compute_dtype: Annotated[str, typer.Option(help="Compute dtype, as model.compute_dtype in training "
+                                                    "(auto = bf16 autocast on a bf16 GPU).")] = "auto",
 ) -> None:
     """Evaluate a model on benchmark files (MathVista, MathVerse, MathVision, DynaMath, LMM-R1 JSONL)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -173,7 +177,11 @@ def eval_cmd(
         if name in suites:
             raise LmmR1Error(f"--bench name {name!r} is given twice; give each benchmark its own name")
         suites[name] = load_benchmark(path, name=name, system_prompt=system_prompt, limit=limit)
-    lm = load_model(model, dtype="auto", device="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    from lmmr1.models.precision import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    precision = resolve_precision(dtype, compute_dtype, dev)  # the same meaning as in training
+    lm = load_model(model, dtype=precision.param, device=dev)
     progress = Progress(TextColumn("[bold]eval {task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} problems"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, transient=True)
@@ -185,8 +193,8 @@ def eval_cmd(
         progress.update(tasks[suite], completed=done)
 
     with progress:
-        results = evaluate(lm, suites, cfg, progress=advance)
-    table = Table(title=f"lmmr1 eval: {model}")
+        results = evaluate(lm, suites, cfg, progress=advance, precision=precision)
+    table = Table(title=f"lmmr1 eval: {model} ({dev}, {precision.describe()})")
     for col in ("benchmark", "problems", "accuracy", "format rate", f"pass@{n}", "mean length", "truncated"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, r in results.items():

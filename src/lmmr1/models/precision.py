@@ -89,6 +89,19 @@ def resolve_precision(dtype: str | torch.dtype = "auto", compute_dtype: str | to
     return Precision(param=param, compute=compute, device_type=dev.type)
 
 
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``model.device``: ``auto`` = the GPU when there is one (training and evaluation alike)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise PrecisionError(f"device {spec!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PrecisionError(f"device {spec!r}: torch sees no CUDA GPU here (use auto or cpu)")
+    return dev
+
+
 def needs_recompute(old_logprobs: str, precision: Precision) -> bool:
     """``train.old_logprobs``: recompute the behaviour log-probs with a training forward unless the
     rollout's are exact (``rollout``), always (``recompute``), or whenever compute is not fp32 (``auto``)."""
