@@ -148,3 +148,11 @@ def test_pipeline_eval_uses_the_stages_precision(tmp_path, tiny_vlm):
     pure = run_eval(tiny_vlm, data, tmp_path, tmp_path / "eval2.json", Console(file=open(tmp_path / "log2", "w")),
                     ModelConfig(dtype="bf16"))
     assert pure["vision"]["precision"] == "bf16 weights, bf16 compute"  # loaded as the stage trained it
+
+
+def test_rollout_engine_vllm_is_a_clear_error_not_a_silent_fallback(tmp_path, tiny_vlm):
+    with pytest.raises(ConfigError, match=r"^rollout.engine=vllm is not available in this build of lmmr1"):
+        make_cfg(tmp_path, tiny_vlm, "rollout.engine=vllm").validate()
+    with pytest.raises(ConfigError, match=r"rollout.engine='vlm' is not valid \(choose from hf\)"):
+        make_cfg(tmp_path, tiny_vlm, "rollout.engine=vlm").validate()
+    make_cfg(tmp_path, tiny_vlm, "rollout.engine=hf").validate()

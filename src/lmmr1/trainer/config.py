@@ -77,6 +77,7 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)
+    engine: str = "hf"  # hf: the built-in sampler (vllm: not in this build, see docs/benchmarks.md)
 
 
 @dataclass
@@ -212,6 +213,7 @@ def _validate_lora(m: ModelConfig) -> None:
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
 OLD_LOGPROBS = ("auto", "rollout", "recompute")
+ROLLOUT_ENGINES = ("hf",)
 TINY_SIZES = ("tiny", "small")
 
 
@@ -237,6 +239,7 @@ def check_values(cfg: Config) -> None:
         ("rollout.temperature", r.temperature, r.temperature >= 0, "must be >= 0 (0 is greedy)"),
         ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "must be in (0, 1]"),
         ("rollout.top_k", r.top_k, r.top_k >= 0, "must be >= 0 (0 disables top-k)"),
+        ("rollout.engine", r.engine, r.engine in ROLLOUT_ENGINES, ""),
         ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, "must be >= 1"),
         ("algo.advantage", a.advantage, a.advantage in ESTIMATORS, ""),
         ("algo.loss_agg", a.loss_agg, a.loss_agg in AGG_MODES, ""),
@@ -282,7 +285,11 @@ def check_values(cfg: Config) -> None:
         ("train.num_threads", t.num_threads, t.num_threads >= 0, "must be >= 0 (0: torch's default)"),
     ]
     enums = {"algo.advantage": ESTIMATORS, "algo.loss_agg": AGG_MODES, "algo.kl_estimator": KL_ESTIMATORS,
-             "algo.ratio_level": RATIO_LEVELS, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+             "algo.ratio_level": RATIO_LEVELS, "rollout.engine": ROLLOUT_ENGINES, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+    if r.engine == "vllm":  # named in the design, not built: say so instead of sampling with something else
+        raise ConfigError("rollout.engine=vllm is not available in this build of lmmr1: no vLLM engine is "
+                          "implemented yet (it could not be tested here; docs/benchmarks.md says what was tried). "
+                          "Use rollout.engine: hf")
     for key, value, ok, need in rules:
         if not ok:
             raise ConfigError(_suggest(key, value, enums[key])) if key in enums else _bad(key, value, need)
