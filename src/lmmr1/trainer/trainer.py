@@ -50,8 +50,8 @@ from lmmr1.trainer import rundir, sft
 from lmmr1.trainer.batch import StepBatch, UpdateStats
 from lmmr1.trainer.config import Config, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
-from lmmr1.trainer.update_probe import ROUNDING_WARN_FRACTION, UpdateProbe, rounding_warning
 from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
+from lmmr1.trainer.update_probe import ROUNDING_WARN_FRACTION, UpdateProbe, rounding_warning
 
 
 def _derived_seed(*parts: Any) -> int:
