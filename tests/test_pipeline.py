@@ -136,7 +136,7 @@ def test_every_shipped_recipe_parses_and_validates():
     assert (paper.rollout.n, paper.train.prompts_per_step, paper.rollout.temperature, paper.rollout.max_new_tokens) == (
         16, 256, 1.0, 4096)
     geo = load_config(Path(__file__).resolve().parent.parent / "recipes/lmm_r1/mgt_geo.yaml")
-    assert geo.algo.advantage == "gae" and geo.optim.lr == 4e-7
+    assert geo.algo.advantage == "gae" and geo.optim.lr == 1e-6
 
 
 def test_main_job_demo_recipe_runs_shrunk(tmp_path):

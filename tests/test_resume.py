@@ -276,7 +276,7 @@ def test_train_log_is_plain_one_line_per_step_with_a_legend(tmp_path, tiny_vlm):
     log = (run / "train.log").read_text()
     assert "\x1b" not in log and "\r" not in log
     lines = log.splitlines()
-    assert lines[1] == f"model: {tiny_vlm} (qwen2_5_vl, 0.78M parameters, 0.78M trainable) on cpu"
+    assert lines[1] == f"model: {tiny_vlm} (qwen2_5_vl, 0.78M parameters, 0.78M trainable) on cpu, fp32 weights, fp32 compute"
     assert lines[2] == "data: smoke_text 64 rows, smoke_image 32 rows"
     assert lines[3] == "rewards: target_fraction x1"
     assert lines[5] == f"output_dir: {run}; a new run from step 0; 2 steps"

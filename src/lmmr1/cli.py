@@ -149,10 +149,14 @@ def eval_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens (room for a reasoning trace; "
                                                      "the 'truncated' column shows answers cut off).")] = 2048,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
-    system_prompt: Annotated[str, typer.Option(help="r1, r1_boxed, none, or custom text.")] = "r1",
+    system_prompt: Annotated[str, typer.Option(help="r1, r1_boxed, lmm_r1, none, or custom text.")] = "r1",
     limit: Annotated[int | None, typer.Option(help="Use only the first N problems of each benchmark.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples at temperature > 0).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Parameter dtype, as model.dtype in training (auto = fp32).")] = "auto",
+    compute_dtype: Annotated[str, typer.Option(help="Compute dtype, as model.compute_dtype in training "
+                                                    "(auto = bf16 autocast on a bf16 GPU).")] = "auto",
 ) -> None:
     """Evaluate a model on benchmark files (MathVista, MathVerse, MathVision, DynaMath, LMM-R1 JSONL)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -173,7 +177,11 @@ def eval_cmd(
         if name in suites:
             raise LmmR1Error(f"--bench name {name!r} is given twice; give each benchmark its own name")
         suites[name] = load_benchmark(path, name=name, system_prompt=system_prompt, limit=limit)
-    lm = load_model(model, dtype="auto", device="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    from lmmr1.models.precision import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    precision = resolve_precision(dtype, compute_dtype, dev)  # the same meaning as in training
+    lm = load_model(model, dtype=precision.param, device=dev)
     progress = Progress(TextColumn("[bold]eval {task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} problems"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, transient=True)
@@ -185,8 +193,8 @@ def eval_cmd(
         progress.update(tasks[suite], completed=done)
 
     with progress:
-        results = evaluate(lm, suites, cfg, progress=advance)
-    table = Table(title=f"lmmr1 eval: {model}")
+        results = evaluate(lm, suites, cfg, progress=advance, precision=precision)
+    table = Table(title=f"lmmr1 eval: {model} ({dev}, {precision.describe()})")
     for col in ("benchmark", "problems", "accuracy", "format rate", f"pass@{n}", "mean length", "truncated"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, r in results.items():
@@ -292,6 +300,32 @@ def render_cmd(
         warn = line.startswith("warning:")
         console.print(("[yellow]warning:[/]" + escape(line[8:])) if warn else escape(line), highlight=False,
                       soft_wrap=True)
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    input: Annotated[Path | None, typer.Argument(help="One released JSONL/JSON file (or use --lmm-r1 DIR).")] = None,
+    out: Annotated[Path, typer.Option(help="Output file (with INPUT) or folder (with --lmm-r1).")] = Path("data"),
+    lmm_r1: Annotated[Path | None, typer.Option("--lmm-r1", help="Folder holding the downloaded LMM-R1 datasets: "
+                                                "writes deepscaler_40k, vermulti_percereason and vermulti_geo .jsonl into --out.")] = None,
+    image_root: Annotated[Path | None, typer.Option(help="Folder the released images were unpacked into: absolute "
+                                                    "image paths of the authors' machine are looked up under it.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip (and count) rows whose images are missing "
+                                               "instead of stopping at the first.")] = False,
+) -> None:
+    """Turn the released LMM-R1 data (DeepScaleR-40K, VerMulti) into the files recipes/lmm_r1/* read."""
+    from lmmr1.data.prepare import prepare_file, prepare_released
+
+    if (input is None) == (lmm_r1 is None):
+        raise LmmR1Error("give either one INPUT file or --lmm-r1 DOWNLOAD_DIR")
+    done = [prepare_file(input, out, image_root, skip_invalid=skip_invalid)] if input is not None else \
+        prepare_released(lmm_r1, out, image_root, skip_invalid=skip_invalid)
+    for p in done:
+        console.print(f"{p.out}: {p.rows} rows, {p.images} images (from {p.source})", markup=False, highlight=False,
+                      soft_wrap=True)
+        if p.skipped:
+            console.print(f"[yellow]warning:[/] {len(p.skipped)} rows skipped, first: "
+                          f"{escape(p.skipped[0][0])}: {escape(p.skipped[0][1])}", highlight=False, soft_wrap=True)
 
 
 @app.command("score")

@@ -107,7 +107,8 @@ def check_data(cfg: Config, processor, context: int | None) -> list[dict[str, An
         ds = PromptDataset.load(DataConfig(path=d.path, input_key=d.input_key, label_key=d.label_key,
                                            image_key=d.image_key, system_prompt=d.system_prompt,
                                            skip_invalid=d.skip_invalid, max_pixels=d.max_pixels,
-                                           max_prompt_tokens=cfg.model.max_prompt_tokens, name=d.name))
+                                           max_prompt_tokens=cfg.model.max_prompt_tokens, name=d.name,
+                                           image_root=d.image_root))
         n_images = ds.decode_all()
         longest = ds.check_prompt_lengths(processor, context_tokens=context)
         if cfg.type == "sft":

@@ -27,6 +27,7 @@ import torch
 from lmmr1.data.dataset import PromptDataset
 from lmmr1.errors import LmmR1Error
 from lmmr1.models.loader import LoadedModel
+from lmmr1.models.precision import Precision
 from lmmr1.rewards import CompositeReward, Sample
 from lmmr1.rollout import SamplingParams, sample
 
@@ -144,17 +145,27 @@ def _env_score(s: Sample, where: str):
 
 
 def evaluate(lm: LoadedModel, suites: dict[str, PromptDataset], cfg: EvalConfig | None = None,
-             reward: CompositeReward | None = None, progress: ProgressFn | None = None) -> dict[str, dict[str, Any]]:
-    """Scores per suite.  Invalid settings raise before any generation (see EvalConfig.check)."""
+             reward: CompositeReward | None = None, progress: ProgressFn | None = None,
+             precision: Precision | None = None) -> dict[str, dict[str, Any]]:
+    """Scores per suite.  Invalid settings raise before any generation (see EvalConfig.check).
+
+    ``precision``: generate as training did (the same parameter and compute dtypes, autocast
+    included, ``models.precision``), so evaluation between stages measures the model that was
+    trained, at the speed of the training device; default: the loaded weights' dtype, no autocast.
+    Each suite's result records the device and precision it ran with."""
+    precision = precision or Precision(param=lm.dtype, compute=lm.dtype, device_type=lm.device.type)
     cfg = cfg or EvalConfig()
     cfg.check()
     own = reward is None
     reward = reward or CompositeReward(["accuracy", "format"])
     try:
-        with torch.no_grad():
-            return {name: evaluate_suite(lm, ds, cfg, reward,
-                                         None if progress is None else _bind(progress, name))
-                    for name, ds in suites.items()}
+        with torch.no_grad(), precision.autocast():
+            results = {name: evaluate_suite(lm, ds, cfg, reward,
+                                            None if progress is None else _bind(progress, name))
+                       for name, ds in suites.items()}
+        for r in results.values():
+            r["device"], r["precision"] = str(lm.device), precision.describe()
+        return results
     finally:
         if own:
             reward.close()

@@ -131,10 +131,13 @@ def run_synth(data: dict, root: Path, console: Console) -> None:
             console.print(f"[yellow]warning:[/] {shortfall_message(suite, split, n, made, knobs)}", highlight=False)
 
 
-def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: Console) -> dict:
+def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: Console, model_cfg=None) -> dict:
+    """The pipeline's held-out evaluation of one stage's final model, on the stage's device and in
+    its precision (``model_cfg``: the stage's model section; default fp32 on the best device)."""
     from lmmr1.data.benchmarks import load_benchmark
     from lmmr1.eval import EvalConfig, evaluate, write_results
     from lmmr1.models import load_model
+    from lmmr1.models.precision import resolve_device, resolve_precision
 
     spec = dict(data.get("eval") or {})
     suites_spec = spec.pop("suites", {}) or {}
@@ -148,8 +151,11 @@ def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: C
                           "batch_size, seed, samples_per_suite)") from None
     suites = {name: load_benchmark(_synth_path(path, root), name=name, system_prompt=system)
               for name, path in suites_spec.items()}
-    lm = load_model(model_dir)
-    results = evaluate(lm, suites, cfg)
+    device = resolve_device(getattr(model_cfg, "device", "auto"))
+    precision = resolve_precision(getattr(model_cfg, "dtype", "auto"), getattr(model_cfg, "compute_dtype", "auto"),
+                                  device)
+    lm = load_model(model_dir, dtype=precision.param, device=device)
+    results = evaluate(lm, suites, cfg, precision=precision)
     write_results(results, out_file)
     for name, r in results.items():
         console.print(f"  eval {name}: accuracy {r['accuracy']:.3f}  format {r['format_rate']:.3f}  "
@@ -211,7 +217,7 @@ def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console
             cfg.model.path, cfg.model.tiny = prev, None
             st0 = time.perf_counter()
             Trainer(cfg, console).train()
-            run_eval(sdir / "final", data, root, sdir / "eval.json", console)
+            run_eval(sdir / "final", data, root, sdir / "eval.json", console, cfg.model)
             marker.write_text(json.dumps({"wall_s": round(time.perf_counter() - st0, 1)}))
         prev = str(sdir / "final")
         eval_res = json.loads((sdir / "eval.json").read_text()) if (sdir / "eval.json").exists() else {}

@@ -44,6 +44,7 @@ class DataConfig:
     max_pixels: int | None = None  # downscale on decode (the processor then fits the model's budget)
     max_prompt_tokens: int | None = None  # checked with check_prompt_lengths()
     name: str | None = None  # defaults to the file stem; used in metrics
+    image_root: str | None = None  # absolute image paths of another machine are looked up under it
 
 
 @dataclass
@@ -240,7 +241,7 @@ def parse_row(row: Any, cfg: DataConfig, base_dir: Path, system: str | None) -> 
     resolved, sizes = [], []
     for k, ref in enumerate(refs):
         try:
-            r = resolve_image(ref, base_dir)
+            r = resolve_image(ref, base_dir, Path(cfg.image_root).expanduser() if cfg.image_root else None)
             sizes.append(probe_image(r))
         except ImageError as e:
             raise DataError(f"field '{cfg.input_key}', image {k + 1}: {e}") from e

@@ -33,8 +33,28 @@ class ImageError(ValueError):
     """An image reference cannot be resolved or decoded; the message says why."""
 
 
-def resolve_image(ref: Any, base_dir: Path | None) -> Path | bytes | Image.Image:
-    """Turn a reference into a path (checked to exist), raw bytes, or a PIL image. No decoding."""
+def under_root(path: Path, root: Path) -> Path | None:
+    """Where an absolute image path of another machine lies under ``root``, or None.
+
+    Released datasets (LMM-R1's VerMulti) hold absolute paths of the authors' machine, e.g.
+    ``/root/projects/OpenRLHF/data/VerMulti/images/1.jpg``, and users unpack the images somewhere
+    else.  Without knowing the old prefix, the path's tails are tried under ``root``, longest first
+    (``root/root/projects/.../1.jpg``, ``root/projects/.../1.jpg``, ..., ``root/1.jpg``): the
+    longest tail that exists is the most specific match, so two images that share a file name in
+    different folders stay apart as long as their folders are kept.
+    """
+    parts = path.parts[1:] if path.is_absolute() else path.parts
+    for k in range(len(parts)):
+        candidate = root.joinpath(*parts[k:])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_image(ref: Any, base_dir: Path | None, image_root: Path | None = None) -> Path | bytes | Image.Image:
+    """Turn a reference into a path (checked to exist), raw bytes, or a PIL image. No decoding.
+
+    ``image_root``: absolute paths (and ``file://`` URLs) are looked up under it first (:func:`under_root`)."""
     if isinstance(ref, Image.Image):
         return ref
     if isinstance(ref, (bytes, bytearray)):
@@ -43,9 +63,9 @@ def resolve_image(ref: Any, base_dir: Path | None) -> Path | bytes | Image.Image
         if ref.get("bytes"):
             return bytes(ref["bytes"])
         if ref.get("path"):
-            return resolve_image(ref["path"], base_dir)
+            return resolve_image(ref["path"], base_dir, image_root)
         if ref.get("url"):  # OpenAI image_url style
-            return resolve_image(ref["url"], base_dir)
+            return resolve_image(ref["url"], base_dir, image_root)
         raise ImageError(f"image object {sorted(ref)} has no 'bytes', 'path' or 'url'")
     if not isinstance(ref, str) or not ref.strip():
         raise ImageError(f"image reference must be a path, URL or data URI, got {type(ref).__name__}")
@@ -66,6 +86,13 @@ def resolve_image(ref: Any, base_dir: Path | None) -> Path | bytes | Image.Image
         path = Path(ref).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
+    if image_root is not None and path.is_absolute():
+        found = under_root(path, image_root)
+        if found is not None:
+            return found
+        if not path.is_file():
+            raise ImageError(f"image file {path} does not exist, neither under image_root {image_root} "
+                             f"(tried {image_root / path.relative_to(path.anchor)} down to {image_root / path.name})")
     if not path.is_file():
         raise ImageError(f"image file {path} does not exist")
     return path

@@ -1,4 +1,12 @@
-"""System-prompt templates.  ``r1`` is the one LMM-R1 trains with (the DeepSeek-R1 wording)."""
+"""System-prompt templates.
+
+``r1`` is the DeepSeek-R1 wording.  ``lmm_r1`` is the math prompt the LMM-R1 reference carries
+inside its released rows (VerMulti, DeepScaleR message files): answers in LaTeX ``$...$`` with the
+final answer in ``\\boxed{}``.  It matters for fidelity because the reference's verifier parses
+LaTeX only (a bare ``42`` is not extracted), so a model prompted with ``r1`` is judged by rules its
+prompt never stated.  The text is reproduced verbatim, grammar included, so prompts tokenise as the
+reference's did.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +21,20 @@ R1 = (
     "</answer>"
 )
 R1_BOXED = R1 + ". Inside the answer tags, put the final answer within \\boxed{}."
+LMM_R1 = (
+    "Solve the question. The user asks a question, and you solves it. You first thinks about the reasoning "
+    "process in the mind and then provides the user with the answer. The answer is in latex format and wrapped "
+    "in $...$. The final answer must be wrapped using the \\boxed{} command. The reasoning process and answer "
+    "are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., <think> Since "
+    "$1+1=2$, so the answer is $2$. </think><answer> The answer is $\\boxed{2}$ </answer>, which means "
+    "assistant's output should start with <think> and end with </answer>.\n"
+)
 
-TEMPLATES: dict[str, str | None] = {"r1": R1, "r1_boxed": R1_BOXED, "none": None}
+TEMPLATES: dict[str, str | None] = {"r1": R1, "r1_boxed": R1_BOXED, "lmm_r1": LMM_R1, "none": None}
 
 
 def resolve_system_prompt(spec: str | None) -> str | None:
-    """A template name (r1, r1_boxed, none) or any other text, used verbatim."""
+    """A template name (r1, r1_boxed, lmm_r1, none) or any other text, used verbatim."""
     if spec is None:
         return None
     return TEMPLATES[spec] if spec in TEMPLATES else spec

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from lmmr1.errors import ModelLoadError
 from lmmr1.models.chat_template import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
@@ -198,23 +199,48 @@ class LoadedModel:
         temperature: float = 1.0,
         chunk_tokens: int = 2048,
         with_entropy: bool = False,
+        entropy_grad: bool = True,
+        recompute: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p(target) (and entropy) for N positions, computed in chunks of ``chunk_tokens``.
 
-        Only one chunk's full-vocabulary log-softmax exists at a time, so memory stays flat in
-        batch size.  ``temperature`` scales logits as the sampler does (temperature 0 = greedy,
-        scored at temperature 1).
+        Memory is bounded by one chunk's full-vocabulary softmax also when gradients flow:
+        with ``recompute`` (default) each chunk is checkpointed, so backward recomputes its
+        logits instead of keeping them (kept, a 4 x 4096-token micro-batch over Qwen's 151,936-token
+        vocabulary holds ~10 GB of fp32 logits / log-softmax, ~26 GB with an entropy graph); the
+        gradients are those of the plain computation (the same operations run again).  The cost is
+        one extra ``lm_head`` matmul per chunk in backward.  ``entropy_grad=False`` computes the
+        entropy without a graph (the trainer's choice when ``algo.entropy_coef`` is 0: entropy is
+        then only a metric).  ``temperature`` scales logits as the sampler does (temperature 0 =
+        greedy, scored at temperature 1).
         """
         temp = temperature if temperature > 0 else 1.0
+        needs_graph = torch.is_grad_enabled() and (hidden.requires_grad or self.lm_head.weight.requires_grad)
         lps, ents = [], []
         for s in range(0, hidden.shape[0], chunk_tokens):
-            logp = torch.log_softmax(self.logits(hidden[s : s + chunk_tokens]) / temp, dim=-1)
-            lps.append(logp.gather(-1, targets[s : s + chunk_tokens, None]).squeeze(-1))
+            h, y = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
+            if recompute and needs_graph:
+                out = torch.utils.checkpoint.checkpoint(self._chunk_terms, h, y, temp, with_entropy, entropy_grad,
+                                                        use_reentrant=False, preserve_rng_state=False)
+            else:
+                out = self._chunk_terms(h, y, temp, with_entropy, entropy_grad)
+            lps.append(out[0])
             if with_entropy:
-                p = logp.exp()
-                ents.append(-(p * logp.nan_to_num(neginf=0.0)).sum(-1))
+                ents.append(out[1])
         lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
         ent = (torch.cat(ents) if ents else hidden.new_zeros(0, dtype=torch.float32)) if with_entropy else None
+        return lp, ent
+
+    def _chunk_terms(self, h: torch.Tensor, y: torch.Tensor, temp: float, with_entropy: bool,
+                     entropy_grad: bool) -> tuple[torch.Tensor, ...]:
+        """One chunk's target log-probs (and entropies, with a graph only if ``entropy_grad``)."""
+        logp = torch.log_softmax(self.logits(h) / temp, dim=-1)
+        lp = logp.gather(-1, y[:, None]).squeeze(-1)
+        if not with_entropy:
+            return (lp,)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            src = logp if entropy_grad else logp.detach()
+            ent = -(src.exp() * src.nan_to_num(neginf=0.0)).sum(-1)
         return lp, ent
 
     def save_pretrained(self, out_dir: str | Path, lora_save: str = "merged") -> None:
@@ -288,13 +314,13 @@ def _check_safetensors(path: Path) -> None:
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
-    return table[dtype]
+    from lmmr1.models.precision import DTYPES, resolve_precision
+
+    if dtype == "auto":  # the parameter dtype of precision "auto": fp32 (bf16 compute is autocast's job)
+        return resolve_precision("auto", "auto", device).param
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def load_model(

@@ -84,6 +84,7 @@ def completion_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     prompt_positions: torch.Tensor | None = None,
     chunk_tokens: int = 2048,
     shared_prefix: bool | None = None,
@@ -95,7 +96,8 @@ def completion_logprobs(
     completion_ids = completion_ids.to(dev)
     valid = completion_mask.to(dev) > 0
     lp_flat, ent_flat = lm.token_logprobs(h[valid], completion_ids[valid], temperature,
-                                          chunk_tokens=chunk_tokens, with_entropy=with_entropy)
+                                          chunk_tokens=chunk_tokens, with_entropy=with_entropy,
+                                          entropy_grad=entropy_grad)
     logprobs = torch.zeros(valid.shape, dtype=torch.float32, device=dev).masked_scatter(valid, lp_flat)
     entropy = None
     if with_entropy:

@@ -25,30 +25,51 @@ TIMEOUT = "timeout"
 # The worker is a plain interpreter reading one JSON [gold, pred] per line and answering 1/0.
 # A subprocess (not multiprocessing) means no re-import of the caller's __main__ and nothing of
 # the parent (threads, locks, CUDA) inherited: safe from threads and from Ray workers.
+# Mode "lmmr1" is the LMM-R1 reference verifier's parse (rewards/lmmr1_verifier.py): the gold with
+# LaTeX extraction only (first match), the prediction with boxed-first LaTeX extraction over the
+# whole completion and no un-anchored fallback, verify(prediction, gold) in the reference's order,
+# and an unparseable gold scoring 1 (the reference's "skip this example").
 _WORKER_CODE = r"""
 import json, sys
 from math_verify import parse, verify
 t = int(sys.argv[1])
+mode = sys.argv[2] if len(sys.argv) > 2 else "default"
+if mode == "lmmr1":
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import LatexExtractionConfig
+    GOLD = [LatexExtractionConfig()]
+    PRED = [LatexExtractionConfig(normalization_config=NormalizationConfig(nits=False, malformed_operators=False,
+                                                                           basic_latex=True, boxed="all", units=True),
+                                  boxed_match_priority=0, try_extract_without_anchor=False)]
 while True:
     line = sys.stdin.readline()
     if not line:
         break
     try:
         g, p = json.loads(line)
-        a = parse(g, parsing_timeout=t)
-        b = parse(p, parsing_timeout=t)
-        ok = bool(a) and bool(b) and bool(verify(a, b, timeout_seconds=t))
+        if mode == "lmmr1":
+            a = parse(g, extraction_mode="first_match", extraction_config=GOLD, parsing_timeout=t)
+            if not a:
+                ok = True
+            else:
+                b = parse(p, extraction_mode="first_match", extraction_config=PRED, parsing_timeout=t)
+                ok = bool(verify(b, a, timeout_seconds=t))
+        else:
+            a = parse(g, parsing_timeout=t)
+            b = parse(p, parsing_timeout=t)
+            ok = bool(a) and bool(b) and bool(verify(a, b, timeout_seconds=t))
     except BaseException:
         ok = False
     sys.stdout.write("1\n" if ok else "0\n")
     sys.stdout.flush()
 """
+MODES = ("default", "lmmr1")
 
 
 class _Worker:
-    def __init__(self, inner_timeout: int):
+    def __init__(self, inner_timeout: int, mode: str = "default"):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE, str(inner_timeout)],
+            [sys.executable, "-c", _WORKER_CODE, str(inner_timeout), mode],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
         )
         self.fd = self.proc.stdout.fileno()
@@ -84,9 +105,12 @@ class _Worker:
 class MathVerifier:
     """``verify_many([(gold, pred), ...]) -> [True | False | "timeout"]`` with a hard timeout."""
 
-    def __init__(self, workers: int = 2, timeout: float = 5.0, cache_size: int = 65536):
+    def __init__(self, workers: int = 2, timeout: float = 5.0, cache_size: int = 65536, mode: str = "default"):
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
         self.n_workers = workers
         self.timeout = float(timeout)
         self._inner = max(1, int(self.timeout))
@@ -99,7 +123,7 @@ class MathVerifier:
 
     def _ensure_started(self) -> None:
         while len(self._workers) < self.n_workers:
-            self._workers.append(_Worker(self._inner))
+            self._workers.append(_Worker(self._inner, self.mode))
 
     def verify_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool | str]:
         results: list[bool | str | None] = [None] * len(pairs)
@@ -159,7 +183,7 @@ class MathVerifier:
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self._inner)
+        self._workers[slot] = _Worker(self._inner, self.mode)
 
     def close(self) -> None:
         with self._lock:

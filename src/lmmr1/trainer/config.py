@@ -31,7 +31,8 @@ class ModelConfig:
     path: str = ""  # local HF checkpoint directory
     tiny: str | None = None  # tiny | small: build an offline test model into {output_dir}/base_model
     tiny_seed: int = 0
-    dtype: str = "auto"  # auto = bf16 on a GPU that supports it, fp32 otherwise
+    dtype: str = "auto"  # parameter dtype: auto = fp32 (master weights); bf16 = pure bf16 (models/precision.py)
+    compute_dtype: str = "auto"  # auto = bf16 autocast on a bf16-capable GPU with fp32 weights, else the param dtype
     device: str = "auto"  # auto = cuda if available, else cpu
     gradient_checkpointing: bool = False
     freeze_vision: bool = False
@@ -55,6 +56,7 @@ class DatasetConfig:
     max_pixels: int | None = None
     name: str | None = None
     response_key: str = "response"  # SFT target (the assistant's reply)
+    image_root: str | None = None  # absolute image paths in the rows are looked up under this folder
 
 
 @dataclass
@@ -75,6 +77,7 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)
+    engine: str = "hf"  # hf: the built-in sampler (vllm: not in this build, see docs/benchmarks.md)
 
 
 @dataclass
@@ -107,6 +110,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # warm-up as a fraction of train.steps (LMM-R1's 0.03); exclusive with warmup_steps
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0
 
@@ -114,6 +118,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 10
+    data_passes: float = 0.0  # > 0: steps = ceil(passes x dataset rows / prompts_per_step) (LMM-R1's num_episodes)
     prompts_per_step: int = 8  # rollout batch, in prompts (rows = prompts * n)
     mini_batch_size: int = 0  # rows per optimizer step (0: the whole rollout batch)
     micro_batch_size: int = 8  # rows per forward/backward
@@ -157,6 +162,7 @@ class Config:
             raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
         check_values(self)
         _validate_lora(self.model)
+        _validate_precision(self.model)
         if self.train.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
         if self.type == "sft":
@@ -175,6 +181,16 @@ class Config:
         if rows % mb:
             raise ConfigError(f"train.mini_batch_size={mb} must divide the rollout batch of {rows} rows "
                               f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
+
+
+def _validate_precision(m: ModelConfig) -> None:
+    """dtype / compute_dtype names and pairing, checked without a device (``auto`` resolves later)."""
+    from lmmr1.models.precision import PrecisionError, resolve_precision
+
+    try:
+        resolve_precision(m.dtype, m.compute_dtype, "cpu")
+    except PrecisionError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_lora(m: ModelConfig) -> None:
@@ -197,6 +213,7 @@ def _validate_lora(m: ModelConfig) -> None:
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
 OLD_LOGPROBS = ("auto", "rollout", "recompute")
+ROLLOUT_ENGINES = ("hf",)
 TINY_SIZES = ("tiny", "small")
 
 
@@ -222,6 +239,7 @@ def check_values(cfg: Config) -> None:
         ("rollout.temperature", r.temperature, r.temperature >= 0, "must be >= 0 (0 is greedy)"),
         ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "must be in (0, 1]"),
         ("rollout.top_k", r.top_k, r.top_k >= 0, "must be >= 0 (0 disables top-k)"),
+        ("rollout.engine", r.engine, r.engine in ROLLOUT_ENGINES, ""),
         ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, "must be >= 1"),
         ("algo.advantage", a.advantage, a.advantage in ESTIMATORS, ""),
         ("algo.loss_agg", a.loss_agg, a.loss_agg in AGG_MODES, ""),
@@ -247,9 +265,12 @@ def check_values(cfg: Config) -> None:
                                                            and 0 <= b < 1 for b in o.betas),
          "must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
         ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0"),
+        ("optim.warmup_ratio", o.warmup_ratio, 0 <= o.warmup_ratio < 1, "must be in [0, 1)"),
         ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "must be in [0, 1]"),
         ("optim.max_grad_norm", o.max_grad_norm, o.max_grad_norm > 0, "must be > 0"),
         ("train.steps", t.steps, t.steps >= 1, "must be >= 1 (0 steps would save an untrained model as 'final')"),
+        ("train.data_passes", t.data_passes, t.data_passes >= 0,
+         "must be >= 0 (0: train.steps sets the length; 2 = two passes over the data)"),
         ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, "must be >= 1"),
         ("train.mini_batch_size", t.mini_batch_size, t.mini_batch_size >= 0,
          "must be >= 0 (0: the whole rollout batch)"),
@@ -264,10 +285,17 @@ def check_values(cfg: Config) -> None:
         ("train.num_threads", t.num_threads, t.num_threads >= 0, "must be >= 0 (0: torch's default)"),
     ]
     enums = {"algo.advantage": ESTIMATORS, "algo.loss_agg": AGG_MODES, "algo.kl_estimator": KL_ESTIMATORS,
-             "algo.ratio_level": RATIO_LEVELS, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+             "algo.ratio_level": RATIO_LEVELS, "rollout.engine": ROLLOUT_ENGINES, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+    if r.engine == "vllm":  # named in the design, not built: say so instead of sampling with something else
+        raise ConfigError("rollout.engine=vllm is not available in this build of lmmr1: no vLLM engine is "
+                          "implemented yet (it could not be tested here; docs/benchmarks.md says what was tried). "
+                          "Use rollout.engine: hf")
     for key, value, ok, need in rules:
         if not ok:
             raise ConfigError(_suggest(key, value, enums[key])) if key in enums else _bad(key, value, need)
+    if o.warmup_steps and o.warmup_ratio:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} and optim.warmup_ratio={o.warmup_ratio} both set "
+                          "the warm-up length: set one of them (the other to 0)")
     # warmup_steps >= train.steps is allowed on purpose: a shortened trial of a real recipe
     # (train.steps=3 on a recipe with 5 warm-up steps) must run as the recipe would start.
     # A mini-batch need not be a multiple of micro_batch_size: losses are normalised by the whole
@@ -418,6 +446,7 @@ def resolve_paths(data: dict, base: Path) -> None:
             items[i] = holder["path"]
         else:
             fix(item, "path")
+            fix(item, "image_root")
     for item in data.get("reward") or []:
         fix(item, "path")
 

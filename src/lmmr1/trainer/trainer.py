@@ -40,6 +40,7 @@ from lmmr1.algos import (
 from lmmr1.data import DataConfig, MixtureSampler, PromptDataset, model_context_tokens
 from lmmr1.errors import LmmR1Error
 from lmmr1.models import LoraOptions, load_model
+from lmmr1.models.precision import needs_recompute, resolve_precision
 from lmmr1.models.sequence import completion_logprobs
 from lmmr1.rewards import RewardResult, RewardSpec, Sample, check_rewards
 from lmmr1.rollout import Rollout, SamplingParams, sample
@@ -50,11 +51,18 @@ from lmmr1.trainer.batch import StepBatch, UpdateStats
 from lmmr1.trainer.config import Config, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
 from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
+from lmmr1.trainer.update_probe import ROUNDING_WARN_FRACTION, UpdateProbe, rounding_warning
 
 
 def _derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from (seed, step, purpose): independent of any global RNG state."""
     return random.Random(":".join(map(str, parts))).getrandbits(63)
+
+
+def steps_for_passes(passes: float, rows: int, prompts_per_step: int) -> int:
+    """Training steps that draw ``passes`` times over ``rows`` prompts (the last step may wrap into
+    the next pass): how the reference scripts size a run (``--num_episodes 2``) instead of fixed steps."""
+    return max(1, math.ceil(passes * rows / prompts_per_step))
 
 
 def _seed_everything(seed: int) -> None:
@@ -88,9 +96,9 @@ class Trainer:
         m = cfg.model
         self.device = torch.device("cuda" if m.device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if m.device == "auto" else m.device))
-        # On GPU: fp32 master weights + bf16 autocast; on CPU: plain fp32.
-        self.autocast = self.device.type == "cuda" and m.dtype == "auto"
-        dtype = "float32" if m.dtype == "auto" else m.dtype
+        # one precision for every forward: fp32 master weights + bf16 autocast on a GPU by default
+        self.precision = resolve_precision(m.dtype, m.compute_dtype, self.device)
+        dtype = self.precision.param
         lora = LoraOptions(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
                            target_modules=tuple(m.lora_target_modules)) if m.lora_r > 0 else None
         load_kw = dict(dtype=dtype, device=self.device, max_prompt_tokens=m.max_prompt_tokens)
@@ -124,9 +132,12 @@ class Trainer:
             ds = PromptDataset.load(DataConfig(path=d.path, input_key=d.input_key, label_key=d.label_key,
                                                image_key=d.image_key, system_prompt=d.system_prompt,
                                                skip_invalid=d.skip_invalid, max_pixels=d.max_pixels,
-                                               max_prompt_tokens=m.max_prompt_tokens, name=d.name))
+                                               max_prompt_tokens=m.max_prompt_tokens, name=d.name,
+                                               image_root=d.image_root))
             ds.check_prompt_lengths(self.processor, context_tokens=model_context_tokens(m.path))
             self.datasets.append(ds)
+        if t.data_passes > 0:  # the run's length in passes over the data (before the lr schedule is built)
+            t.steps = steps_for_passes(t.data_passes, sum(len(d) for d in self.datasets), t.prompts_per_step)
         probs = [d.prob for d in cfg.data]
         self.mixer = MixtureSampler([len(d) for d in self.datasets],
                                     None if all(p is None for p in probs) else [p or 0.0 for p in probs], seed=t.seed)
@@ -145,6 +156,10 @@ class Trainer:
                                            ratio_level=a.ratio_level, loss_agg=a.loss_agg,
                                            kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef)
         self.kl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
+        # low-precision weights: measure whether updates round away (update_probe.py); fp32 needs no probe
+        self.update_probe = UpdateProbe(params, seed=t.seed) if self.precision.param != torch.float32 else None
+        self.unchanged_frac: float | None = None
+        self._rounding_warned = False
         self.step = 0
         self.nonfinite_in_a_row = 0
         if self.resume_from is not None:
@@ -153,9 +168,10 @@ class Trainer:
     # ------------------------------------------------------------------ schedule
     def _lr_lambda(self, step: int) -> float:
         o, total = self.cfg.optim, max(1, self.cfg.train.steps)
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        warm = o.warmup_steps or math.ceil(o.warmup_ratio * total)  # the reference rounds up too
+        if warm and step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _advance_schedule(self) -> None:
@@ -168,9 +184,7 @@ class Trainer:
             self.scheduler.step()
 
     def _amp(self):
-        if self.autocast:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.precision.autocast()
 
     # ------------------------------------------------------------------ rollout
     def _rollout_round(self, n_prompts: int, round_: int) -> tuple[Rollout, list, Any]:
@@ -231,6 +245,7 @@ class Trainer:
             return completion_logprobs(lm, ro.prompts, ro.prompt_index[rows], ro.completion_ids[rows],
                                        ro.completion_mask[rows], temperature=ro.temperature,
                                        with_entropy=with_entropy,
+                                       entropy_grad=self.cfg.algo.entropy_coef > 0,  # else only a metric
                                        chunk_tokens=self.cfg.train.logprob_chunk_tokens)
 
     @torch.no_grad()
@@ -267,7 +282,7 @@ class Trainer:
 
         # 3. old / reference log-probs and values (no grad)
         t1 = time.perf_counter()
-        recompute = t.old_logprobs == "recompute" or (t.old_logprobs == "auto" and self.policy.dtype != torch.float32)
+        recompute = needs_recompute(t.old_logprobs, self.precision)  # auto: whenever compute is not fp32
         old_logp = self._forward_all(self.policy, ro) if recompute else ro.logprobs
         ref_logp = self._forward_all(self.ref, ro) if self.ref is not None else None
         kl_tok = kl_estimate(old_logp, ref_logp, a.kl_estimator) * mask if ref_logp is not None else torch.zeros_like(mask)
@@ -352,13 +367,26 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         stats.grad_norm.append(float(gnorm))
         stats.policy_loss.append(policy_loss)
+        if self.update_probe is not None:
+            self.update_probe.before_step()
         self.optimizer.step()
+        if self.update_probe is not None:
+            self._check_rounding(self.update_probe.unchanged_fraction())
         if self.critic_optimizer is not None:
             stats.value_loss.append(value_loss_sum)
             vnorm = torch.nn.utils.clip_grad_norm_(self.critic.trainable_parameters(), self.cfg.optim.max_grad_norm)
             if torch.isfinite(vnorm):  # a non-finite value gradient must not poison the critic
                 self.critic_optimizer.step()
         return True
+
+    def _check_rounding(self, fraction: float | None) -> None:
+        """Log the unchanged fraction; warn once when most updates of low-precision weights round away."""
+        self.unchanged_frac = fraction
+        if fraction is not None and fraction > ROUNDING_WARN_FRACTION and not self._rounding_warned:
+            self._rounding_warned = True
+            name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.precision.param, str(self.precision.param))
+            self.console.print(f"[yellow]warning:[/] {rounding_warning(fraction, self.optimizer.param_groups[0]['lr'], name)}",
+                               highlight=False, soft_wrap=True)
 
     def _critic_backward(self, batch: StepBatch, micro: torch.Tensor, num_tokens: float) -> float:
         """Clipped value loss of one micro-batch (token mean over the mini-batch), back-propagated."""
@@ -406,6 +434,7 @@ class Trainer:
             "lr": lr,
             "logprob_gap/max": stats.logprob_gap,
             "skipped_updates": stats.skipped,
+            **({"update/unchanged_frac": self.unchanged_frac} if self.unchanged_frac is not None else {}),
             "time/rollout_s": t_rollout,
             "time/update_s": t_update,
             "time/step_s": dt,
@@ -544,7 +573,8 @@ class Trainer:
             return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
         say(f"model: {cfg.model.path} ({self.policy.model_type}, {count(total)} parameters, "
-            f"{count(trainable)} trainable{', LoRA' if cfg.model.lora_r > 0 else ''}) on {self.device}",
+            f"{count(trainable)} trainable{', LoRA' if cfg.model.lora_r > 0 else ''}) on {self.device}, "
+            f"{self.precision.describe()}",
             markup=False, highlight=False)
         say("data: " + ", ".join(f"{ds.name} {len(ds)} rows" + (f" (p={d.prob})" if d.prob is not None else "")
                                  for ds, d in zip(self.datasets, cfg.data, strict=True)), markup=False, highlight=False)
