@@ -1,0 +1,93 @@
+"""The variants' rewards (Observe-R1, Vision-R1, Jigsaw-R1) on hand-written completions."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmmr1.rewards.base import RowError, Sample
+from lmmr1.rewards.compose import CompositeReward
+from lmmr1.rewards.variants import (
+    JigsawReward,
+    ObserveFormatReward,
+    ShortestCorrectBonus,
+    StrictAccuracyReward,
+    observe_format_ok,
+    prompt_groups,
+)
+
+
+def test_format_observe_needs_the_three_blocks_in_order_each_once_and_non_empty():
+    good = "<observe>3 red dots</observe>\n<think>count: 3</think> <answer>3</answer>"
+    assert observe_format_ok(good) and observe_format_ok("  " + good + "\n")
+    for bad in ["<think>3</think><answer>3</answer>",  # no observe block
+                "<think>a</think><observe>b</observe><answer>3</answer>",  # out of order
+                "<observe> </observe><think>a</think><answer>3</answer>",  # empty observe
+                "<observe>a</observe>x<think>a</think><answer>3</answer>",  # text between blocks
+                "<observe>a</observe><think>a</think><answer>3</answer><answer>3</answer>",  # twice
+                "<observe>a</observe><think>a</think><answer>3</answer> more",  # trailing text
+                "x<observe>a</observe><think>a</think><answer>3</answer>"]:  # leading text
+        assert not observe_format_ok(bad), bad
+    assert ObserveFormatReward()([Sample(good), Sample("<answer>3</answer>")]) == [1.0, 0.0]
+
+
+def S(completion, answer="3", tokens=None, source="d.jsonl:1"):
+    return Sample(completion=completion, answer=answer, completion_tokens=tokens, source=source, prompt="q")
+
+
+def test_shortest_correct_bonus_goes_to_the_shortest_right_answer_of_each_group():
+    r = ShortestCorrectBonus()
+    try:
+        batch = [S("<think>a</think><answer>3</answer>", tokens=9),  # right, shortest of group 1 (tie)
+                 S("<think>abc</think><answer>3</answer>", tokens=12),  # right, longer
+                 S("<answer>4</answer>", tokens=3),  # wrong, shorter still: no bonus
+                 S("<think>b</think><answer>3</answer>", tokens=9),  # right, ties the shortest
+                 S("<answer>5</answer>", answer="5", tokens=20, source="d.jsonl:2"),  # group 2: the only right
+                 S("<answer>1</answer>", answer="5", tokens=2, source="d.jsonl:2"),
+                 S("<answer>1</answer>", answer="", tokens=2, source="d.jsonl:3")]  # no gold: a row error
+        out = r(batch)
+    finally:
+        r.close()
+    assert out[:6] == [0.2, 0.0, 0.0, 0.2, 0.2, 0.0]
+    assert isinstance(out[6], RowError)
+    assert [list(g) for g in prompt_groups(batch)] == [[0, 1, 2, 3], [4, 5], [6]]
+
+
+def test_accuracy_strict_is_zero_unless_format_and_answer_are_both_right():
+    r = StrictAccuracyReward()
+    try:
+        out = r([S("<think>x</think><answer>3</answer>"), S("<answer>3</answer>"),
+                 S("<think>x</think><answer>4</answer>"), S("<think>x</think><answer>3</answer>", answer="")])
+    finally:
+        r.close()
+    assert out[:3] == [1.0, 0.0, 0.0] and isinstance(out[3], RowError)
+    r = StrictAccuracyReward(observe=True)
+    try:
+        assert r([S("<observe>o</observe><think>x</think><answer>3</answer>"),
+                  S("<think>x</think><answer>3</answer>")]) == [1.0, 0.0]
+    finally:
+        r.close()
+
+
+def test_jigsaw_scores_the_fraction_of_patches_in_place():
+    r = JigsawReward()
+    out = r([S("<think>t</think><answer>2 0 1 3</answer>", answer="2 0 1 3"),
+             S("<answer>[2, 1, 0, 3]</answer>", answer=[2, 0, 1, 3]),  # positions 0 and 3 right
+             S("<answer>2 0 1</answer>", answer="2 0 1 3"),  # wrong length
+             S("no answer", answer="2 0 1 3"),
+             S("<answer>0 1</answer>", answer="1 1")])  # the gold is no permutation
+    assert out[:4] == [1.0, 0.5, 0.0, 0.0]
+    assert isinstance(out[4], RowError) and "permutation" in out[4].message
+
+
+def test_variant_rewards_are_registered_by_name_with_their_default_weights():
+    c = CompositeReward(["format_observe", "accuracy_strict", "jigsaw", "shortest_correct_bonus"])
+    try:
+        assert c.weights == {"format_observe": 0.5, "accuracy_strict": 1.0, "jigsaw": 1.0,
+                             "shortest_correct_bonus": 1.0}
+        res = c([S("<observe>o</observe><think>t</think><answer>3</answer>", answer="3")])
+        # jigsaw: "3" is a permutation only of length... [3] is not 0..0 -> row error, total None
+        assert res.total == [None] and "jigsaw" in res.errors[0]
+    finally:
+        c.close()
+    with pytest.raises(Exception, match="unknown reward"):
+        CompositeReward(["format_observ"])
