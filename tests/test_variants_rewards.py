@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lmmr1.rewards.base import RowError, Sample
@@ -91,3 +93,55 @@ def test_variant_rewards_are_registered_by_name_with_their_default_weights():
         c.close()
     with pytest.raises(Exception, match="unknown reward"):
         CompositeReward(["format_observ"])
+
+
+def test_ptst_recipe_grows_the_budget_shrinks_n_and_uses_the_hard_reward():
+    from pathlib import Path
+
+    from lmmr1.pipeline import load_pipeline, stage_configs
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes/variants/ptst_cpu.yaml"
+    stages = stage_configs(load_pipeline(recipe))
+    for _, cfg in stages:
+        cfg.validate()
+    rl = [(name, cfg) for name, cfg in stages if cfg.type == "rl"]
+    assert [(c.rollout.max_new_tokens, c.rollout.n) for _, c in rl] == [(64, 8), (128, 4), (256, 2)]
+    assert all(c.rollout.max_new_tokens * c.rollout.n == 512 for _, c in rl)  # constant tokens per prompt
+    assert all([r.name for r in c.reward] == ["accuracy_strict"] and c.algo.advantage == "grpo" for _, c in rl)
+    assert stages[0][1].type == "sft"
+
+
+def test_jigsaw_suite_tiles_go_back_by_the_answer_and_the_cli_writes_it(tmp_path):
+    import json
+    import random
+    import subprocess
+    import sys
+
+    from PIL import ImageChops
+
+    from lmmr1.data.synth import _jigsaw_picture, jigsaw, problems
+
+    p = jigsaw(random.Random(3), rows=2, cols=3)
+    perm = [int(x) for x in p.answer.split()]
+    assert sorted(perm) == list(range(6)) and perm != list(range(6))
+    shown = p.draw(120)
+    rebuilt = shown.copy()
+    for i, orig in enumerate(perm):  # tile shown at i goes back to position orig
+        tile = shown.crop(((i % 3) * 40, (i // 3) * 60, (i % 3 + 1) * 40, (i // 3 + 1) * 60))
+        rebuilt.paste(tile, ((orig % 3) * 40, (orig // 3) * 60))
+    disc = eval(p.key.split(":", 3)[3])  # the picture's disc, part of the problem's identity
+    assert ImageChops.difference(rebuilt, _jigsaw_picture(120, 3, 2, disc)).getbbox() is None
+    assert JigsawReward()([Sample(p.response, answer=p.answer)]) == [1.0]  # the worked solution is right
+    # the text version gives the same permutation: position = blue level * cols + red level
+    levels = [(int(a), int(b)) for a, b in re.findall(r"red level (\d+), blue level (\d+)", p.question)]
+    assert [b * 3 + r for r, b in levels] == perm
+    assert len(list(problems("jigsaw", "test", 20))) == 20
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "data", "synth", "jigsaw", "--out", str(tmp_path),
+                          "--n", "4", "--modality", "image", "--knob", "rows=3", "--knob", "cols=3"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(x) for x in (tmp_path / "jigsaw_train_image.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["answer"].split()) == 9 for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "lmmr1.cli", "data", "synth", "jigsaw", "--out", str(tmp_path),
+                          "--knob", "rows=1", "--knob", "cols=1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "2..16 tiles" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
