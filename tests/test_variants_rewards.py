@@ -145,3 +145,41 @@ def test_jigsaw_suite_tiles_go_back_by_the_answer_and_the_cli_writes_it(tmp_path
     bad = subprocess.run([sys.executable, "-m", "lmmr1.cli", "data", "synth", "jigsaw", "--out", str(tmp_path),
                           "--knob", "rows=1", "--knob", "cols=1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "2..16 tiles" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_answer_consistency_reasks_with_shuffled_options_and_needs_both_answers_right():
+    from lmmr1.rewards.variants import AnswerConsistencyReward
+
+    choices = ["cat", "dog", "bird"]
+    mc = dict(fields={"choices": choices})
+    batch = [Sample("<think>it barks</think><answer>B</answer>", answer="B", source="q:1", **mc),  # right
+             Sample("<think>it barks</think><answer>dog</answer>", answer="dog", source="q:2", **mc),  # right (text)
+             Sample("<think>meow</think><answer>A</answer>", answer="B", source="q:3", **mc),  # wrong: 0, not asked
+             Sample("<answer>7</answer>", answer="7", source="q:4"),  # not multiple choice: no opinion
+             Sample("<answer>A</answer>", answer="Z", source="q:5", **mc)]  # gold names no option
+    seen = []
+
+    def oracle(rows, follow_ups):  # answers with the letter that "dog" has in the new order
+        seen.extend(zip(rows, follow_ups, strict=True))
+        out = []
+        for f in follow_ups:
+            listed = f[1]["content"][0]["text"].splitlines()[1:-1]
+            out.append(f"<answer>{next(line[0] for line in listed if line.endswith('dog'))}</answer>")
+        return out
+
+    r = AnswerConsistencyReward()
+    unbound = r(batch[:1])
+    assert isinstance(unbound[0], RowError) and "lmmr1 train" in unbound[0].message
+    r.bind(oracle)
+    out = r(batch)
+    assert out[:4] == [1.0, 1.0, 0.0, None] and isinstance(out[4], RowError)
+    assert [row for row, _ in seen] == [0, 1]  # only the rows answered right are asked again
+    first = seen[0][1]
+    assert first[0] == {"role": "assistant", "content": [{"type": "text", "text": "<think>it barks</think>"}]}
+    listed = [line[3:] for line in first[1]["content"][0]["text"].splitlines()[1:-1]]
+    assert sorted(listed) == sorted(choices) and listed != choices  # the same options, moved
+    r.bind(lambda rows, f: ["<answer>B</answer>"] * len(rows))  # copies the first letter: B is no longer dog
+    copy = r([batch[0]])
+    moved_b = listed[1] != "dog"
+    assert copy == [0.0 if moved_b else 1.0]
+    assert r.stats()["reasked"] == 3

@@ -89,3 +89,21 @@ def test_bad_variant_combinations_fail_with_one_line(tmp_path, tiny_vlm, extra, 
     cfg = load_config(RECIPES / "smoke.yaml", args(tmp_path / "run", tiny_vlm, *extra))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         cfg.validate()
+
+
+def test_answer_consistency_reasks_the_real_policy_inside_the_trainer(tmp_path, tiny_vlm):
+    rows = [json.loads(x) for x in (RECIPES / "data/smoke_image.jsonl").read_text().splitlines()[:8]]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps({**r, "choices": ["7", "8", "9"], "answer": "A"}) + "\n" for r in rows))
+    cfg = load_config(RECIPES / "smoke.yaml", args(tmp_path / "run", tiny_vlm, "train.steps=1") + [
+        f"data=[{{path: {data}, system_prompt: none}}]",
+        "reward=[{name: target_fraction, kwargs: {target: e}}, {name: answer_consistency}]"])
+    t = Trainer(cfg)
+    t.train()
+    assert metrics(tmp_path / "run")[0]["reward/answer_consistency/mean"] == 0.0  # a random model is never right
+    reward = next(r for _, _, r in t.reward.parts if r.name == "answer_consistency")
+    assert reward.reask is not None  # bound to the step's prompts
+    from lmmr1.rewards.variants import reask_turns
+
+    texts = reward.reask([0, 5], [reask_turns("it is 7", ["7", "8", "9"], [2, 0, 1])] * 2)
+    assert len(texts) == 2 and all(isinstance(x, str) for x in texts)  # real greedy generation, image + 3 turns
