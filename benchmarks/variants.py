@@ -127,7 +127,16 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--report", action="store_true", help="only rewrite the table from OUT/variants.json")
     a = ap.parse_args()
+    if a.report:
+        saved = json.loads((a.out / "variants.json").read_text())
+        seeds = sorted({r["seed"] for rs in saved["results"].values() for r in rs})
+        md = (f"MGT only, {a.steps} steps x {a.prompts} prompts x n=8, seeds {seeds} (as run), num_threads=1\n\n"
+              + table(saved["results"], saved["start"]))
+        (a.out / "variants.md").write_text(md + "\n")
+        print(md)
+        return
     fre = a.fre
     if fre is None:
         demo = yaml.safe_load(DEMO.read_text())
