@@ -103,16 +103,16 @@ def ms(xs: list[float]) -> str:
 
 
 def table(results: dict[str, list[dict]], start: dict | None) -> str:
-    lines = ["| variant | change against GRPO | text acc | picture acc | Δ picture vs GRPO | wall s / run | CPU s / run | failed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | change against GRPO | seeds | text acc | picture acc | Δ picture vs GRPO | wall s / run | "
+             "CPU s / run | failed |", "|---|---|---|---|---|---|---|---|---|"]
     if start:
-        lines.append(f"| FRE checkpoint (start) | – | {start['text']:.3f} | {start['image']:.3f} | | | | |")
+        lines.append(f"| FRE checkpoint (start) | – | – | {start['text']:.3f} | {start['image']:.3f} | | | | |")
     base = [r["image"] for r in results.get("grpo", []) if "error" not in r]
     for name, rs in results.items():
         ok = [r for r in rs if "error" not in r]
         img = [r["image"] for r in ok]
         delta = f"{statistics.mean(img) - statistics.mean(base):+.3f}" if img and base and name != "grpo" else "–"
-        lines.append(f"| {name} | {VARIANTS[name][1]} | {ms([r['text'] for r in ok])} | {ms(img)} | {delta} | "
+        lines.append(f"| {name} | {VARIANTS[name][1]} | {len(rs)} | {ms([r['text'] for r in ok])} | {ms(img)} | {delta} | "
                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} | {statistics.mean(r['cpu_s'] for r in rs):.0f} | "
                      f"{len(rs) - len(ok)} |")
     return "\n".join(lines)
