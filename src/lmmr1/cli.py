@@ -234,7 +234,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("synth")
 def synth_cmd(
-    suite: Annotated[str, typer.Argument(help="arithmetic, counting, geometry, sokoban or football.")],
+    suite: Annotated[str, typer.Argument(help="arithmetic, counting, geometry, jigsaw, sokoban or football.")],
     out: Annotated[Path, typer.Option(help="Output folder (JSONL files + images/).")],
     split: Annotated[str, typer.Option(help="train, val or test (disjoint, deterministic).")] = "train",
     n: Annotated[int, typer.Option(help="Number of problems.")] = 1000,

@@ -15,11 +15,12 @@ from lmmr1.algos.losses import (
 from lmmr1.algos.objective import (
     ObjectiveOut,
     ObjectiveSettings,
+    PapoTerm,
     check_ratio_pairing,
     policy_objective,
     ratio_pairing_error,
 )
 
 __all__ = ["AGG_MODES", "ESTIMATORS", "GROUP_ESTIMATORS", "KL_VALUE_CLAMP", "LOG_RATIO_CLAMP", "KLController",
-           "ObjectiveOut", "ObjectiveSettings", "aggregate", "check_ratio_pairing", "compute_advantages",
+           "ObjectiveOut", "ObjectiveSettings", "PapoTerm", "aggregate", "check_ratio_pairing", "compute_advantages",
            "groups_with_signal", "kl_estimate", "policy_objective", "ppo_clip_loss", "ratio_pairing_error", "value_loss"]

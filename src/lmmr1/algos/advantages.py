@@ -130,6 +130,57 @@ def gae(scores, kl_rewards, mask, group_size=1, *, values: torch.Tensor | None =
     return (masked_whiten(adv, mask) if whiten else adv), ret
 
 
+EMA_FALLBACK_ABS = 5.0  # EMA-GRPO: a group with any |A| > 5 uses its own std instead
+
+
+def ema_grpo(scores, kl_rewards, mask, group_size, *, tasks=None, moments=None, eps: float = 1e-6, **_):
+    """EMA-GRPO (OneThinker, 2025): A_i = (R_i - mean_g R) / sigma_task.
+
+    sigma_task = sqrt(max(m2 - m1^2, 1e-6)) from per-task running moments (``algo.ema``), updated
+    with this step's mean(R) and mean(R^2) of the task *before* use; task = the row's datasource.
+    One std per task instead of per group keeps easy and hard prompts of a task on one scale (a
+    group that barely disagrees is not blown up to unit variance).  A group with any |A| > 5 falls
+    back to its own (unbiased) std + eps, as GRPO.  ``moments`` is mutated (it is trainer state).
+    """
+    _check_groups(scores.shape[0], group_size, "ema_grpo")
+    if tasks is None or moments is None:
+        raise LmmR1Error("advantage 'ema_grpo' needs each row's task and the running moments (the trainer passes them)")
+    if len(tasks) != scores.shape[0]:
+        raise LmmR1Error(f"ema_grpo: {len(tasks)} task names for {scores.shape[0]} rows")
+    r = scores + (kl_rewards * mask).sum(-1)
+    for task in dict.fromkeys(tasks):  # first-seen order: deterministic updates
+        rows = torch.tensor([i for i, t in enumerate(tasks) if t == task])
+        moments.update(task, float(r[rows].mean()), float((r[rows] ** 2).mean()))
+    g = _group_view(r, group_size)
+    centered = g - g.mean(-1, keepdim=True)
+    sigma = torch.tensor([moments.sigma(tasks[k * group_size]) for k in range(g.shape[0])], dtype=r.dtype,
+                         device=r.device).unsqueeze(-1)
+    adv = centered / sigma
+    fallback = (adv.abs() > EMA_FALLBACK_ABS).any(-1, keepdim=True)
+    adv = torch.where(fallback, centered / (g.std(-1, keepdim=True) + eps), adv)
+    return adv.reshape(-1, 1) * mask, None
+
+
+OBSERVE_SCALE = 4.0 * 1.8  # Observe-R1: weight 4 * 1.8 * p (1 - p), 1.8 at p = 0.5, 0 for all-right/all-wrong
+
+
+def observe_grpo(scores, kl_rewards, mask, group_size, *, correct=None, eps: float = 1e-6, **_):
+    """Observe-R1 (Guo et al. 2025) difficulty weighting: A_i = 4 * 1.8 * p (1 - p) * (R_i - mean_g R) / (std_g R + eps).
+
+    p = the group's accuracy (fraction of its rows the ``accuracy``/``accuracy_strict`` reward
+    scored right).  Groups of middling difficulty (p near 1/2) get the largest step; groups the
+    model already solves (or cannot) are damped, even when format rewards make them disagree.
+    """
+    _check_groups(scores.shape[0], group_size, "observe_grpo")
+    if correct is None:
+        raise LmmR1Error("advantage 'observe_grpo' needs each row's correctness: add the accuracy "
+                         "(or accuracy_strict) reward")
+    r = _group_view(scores + (kl_rewards * mask).sum(-1), group_size)
+    p = _group_view(correct.to(r.dtype), group_size).mean(-1, keepdim=True)
+    adv = OBSERVE_SCALE * p * (1 - p) * (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + eps)
+    return adv.reshape(-1, 1) * mask, None
+
+
 ESTIMATORS: dict[str, Callable] = {
     "grpo": grpo,
     "dr_grpo": dr_grpo,
@@ -137,8 +188,10 @@ ESTIMATORS: dict[str, Callable] = {
     "reinforce_pp": reinforce_pp,
     "reinforce_pp_baseline": reinforce_pp_baseline,
     "gae": gae,
+    "ema_grpo": ema_grpo,
+    "observe_grpo": observe_grpo,
 }
-GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
+GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "ema_grpo", "observe_grpo"}
 
 
 def compute_advantages(name: str, scores, kl_rewards, mask, group_size, **kwargs):

@@ -12,6 +12,8 @@ Suites:
   ``grid``: shapes sit in the cells of a grid x grid layout);
 - ``geometry``: a right triangle with labelled legs (Pythagorean triples), asking for the
   hypotenuse or the area (knob: ``scale``);
+- ``jigsaw`` (Jigsaw-R1): a picture cut into rows x cols tiles shown shuffled; the answer is the
+  permutation putting them back (knobs: ``rows``, ``cols``); score it with the ``jigsaw`` reward.
 - ``sokoban``, ``football``: agent tasks with an ``env`` field (:mod:`lmmr1.data.synth_agents`).
 """
 
@@ -159,7 +161,57 @@ def geometry(rng: random.Random, scale: int = 4) -> Problem:
     )
 
 
-SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry}
+def _jigsaw_picture(size: int, cols: int, rows: int, disc: tuple[int, int, str]) -> Image.Image:
+    """A colour ramp (red grows left to right, blue top to bottom) and one disc: every tile differs,
+    and where a tile belongs can be read off its colours (the ramp) and the disc's edges."""
+    img = Image.new("RGB", (size, size))
+    px = img.load()
+    for y in range(size):
+        for x in range(size):
+            px[x, y] = (40 + 200 * x // size, 90, 40 + 200 * y // size)
+    d = ImageDraw.Draw(img)
+    cx, cy, color = (disc[0] + 0.5) * size / 3, (disc[1] + 0.5) * size / 3, COLORS[disc[2]]
+    r = size / 5
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
+    return img
+
+
+def jigsaw(rng: random.Random, rows: int = 2, cols: int = 2) -> Problem:
+    """Tiles of a picture, shown in shuffled order (row-major in a rows x cols grid).  The answer lists,
+    for each shown tile in order, its position in the original picture (row-major, 0-based), e.g.
+    "2 0 3 1".  The text version gives each tile's ramp levels (its red and blue), so the same
+    permutation can be worked out from text."""
+    if rows < 1 or cols < 1 or rows * cols < 2 or rows * cols > 16:
+        raise LmmR1Error(f"jigsaw: rows x cols must be 2..16 tiles, got {rows} x {cols}")
+    k = rows * cols
+    perm = list(range(k))
+    while perm == sorted(perm):  # a solved puzzle is no puzzle
+        rng.shuffle(perm)
+    disc = (rng.randrange(3), rng.randrange(3), rng.choice(list(COLORS)))
+
+    def draw(size: int, perm=tuple(perm), disc=disc) -> Image.Image:
+        whole = _jigsaw_picture(size, cols, rows, disc)
+        tw, th = size // cols, size // rows
+        out = Image.new("RGB", (size, size), "white")
+        for shown, orig in enumerate(perm):
+            box = ((orig % cols) * tw, (orig // cols) * th, (orig % cols + 1) * tw, (orig // cols + 1) * th)
+            out.paste(whole.crop(box), ((shown % cols) * tw, (shown // cols) * th))
+        return out
+
+    levels = ", ".join(f"tile {i}: red level {p % cols}, blue level {p // cols}" for i, p in enumerate(perm))
+    answer = " ".join(map(str, perm))
+    rule = (f"A picture was cut into {rows} x {cols} tiles (positions numbered row by row from 0) and shuffled. "
+            "For each tile in the order shown, give its original position, separated by spaces.")
+    return Problem(
+        key=f"jigsaw:{rows}x{cols}:{answer}:{disc}",
+        question=f"{rule} Red grows from left to right and blue from top to bottom; {levels}.",
+        image_question=f"{rule} The image shows the shuffled tiles in a {rows} x {cols} grid.",
+        answer=answer, response=f"<think>{levels}.</think><answer>{answer}</answer>", draw=draw,
+        fields={"rows": rows, "cols": cols},
+    )
+
+
+SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry, "jigsaw": jigsaw}
 from lmmr1.data import synth_agents  # noqa: E402  (agent suites build on Problem above)
 
 SUITES.update(sokoban=synth_agents.sokoban, football=synth_agents.football)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lmmr1.rewards import builtin, lmmr1_verifier  # noqa: F401  (registers the built-in rewards)
+from lmmr1.rewards import builtin, lmmr1_verifier, variants  # noqa: F401  (registers the built-in and the variants' rewards)
 from lmmr1.rewards.base import REGISTRY, RewardConfigError, RewardError, RowError, Sample, describe_row
 from lmmr1.rewards.custom import DEFAULT_TIMEOUT as CUSTOM_TIMEOUT
 from lmmr1.rewards.custom import CustomReward

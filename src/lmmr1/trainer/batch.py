@@ -30,6 +30,11 @@ class StepBatch:
     values: torch.Tensor | None  # (N, T) critic values V(s_t), None without GAE
     advantages: torch.Tensor | None = None  # (N, T), set by the advantage estimator
     returns: torch.Tensor | None = None  # (N, T) value targets (GAE) or returns-to-go, None for group estimators
+    # set by trainer/variants.py only when the variant is on
+    kl_weight: torch.Tensor | None = None  # (N,) APO DADS: per-row weight of the KL loss term
+    masked_rollout: Rollout | None = None  # PAPO: the rollout with patches of its images blacked out
+    papo_logp: torch.Tensor | None = None  # (N, T) PAPO: log pi(.|q, I_mask), no gradient
+    image_rows: torch.Tensor | None = None  # (N,) PAPO: 1 for rows with an image
 
     @property
     def mask(self) -> torch.Tensor:
@@ -52,6 +57,7 @@ class UpdateStats:
     clip_frac: list[float] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
+    terms: dict[str, list[float]] = field(default_factory=dict)  # optional objective terms (PAPO), per micro-batch
     skipped: int = 0
     logprob_gap: float = 0.0  # max |log pi_train - log pi_rollout| before this step's first optimizer step
 

@@ -82,7 +82,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae | ema_grpo | observe_grpo
     ratio_level: str = "token"  # token (PPO/GRPO) | sequence (GSPO)
     clip_low: float = 0.2
     clip_high: float = 0.2  # DAPO clip-higher: 0.28
@@ -102,6 +102,13 @@ class AlgoConfig:
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie and sample more
     max_sampling_rounds: int = 3
     eps: float = 1e-6
+    # neighbouring papers' methods (docs/algorithms.md, "Variants")
+    dads: bool = False  # APO: KL weight 1 - exp(-e * group accuracy) on samples with A > 0
+    stcr: bool = False  # APO: wrong answers longer than the mean correct length get A * (2 - 1.00001^-(L - L_bar))
+    papo_coef: float = 0.0  # PAPO gamma (paper 0.01): loss -= gamma * KL(pi(.|image) || pi(.|masked image))
+    papo_entropy_coef: float = 0.0  # PAPO double-entropy: + eta1 * H(.|image) on image rows
+    papo_masked_entropy_coef: float = 0.0  # PAPO double-entropy: + eta2 * H(.|masked image) (a second forward)
+    correct_reward: str | None = None  # reward whose value >= 0.5 means "right" (observe_grpo, dads, stcr); None: accuracy_strict or accuracy
 
 
 @dataclass
@@ -259,6 +266,10 @@ def check_values(cfg: Config) -> None:
         ("algo.critic_lr", a.critic_lr, a.critic_lr is None or a.critic_lr > 0, "must be > 0 or null"),
         ("algo.max_sampling_rounds", a.max_sampling_rounds, a.max_sampling_rounds >= 1, "must be >= 1"),
         ("algo.eps", a.eps, a.eps > 0, "must be > 0"),
+        ("algo.papo_coef", a.papo_coef, a.papo_coef >= 0, "must be >= 0 (0: off; the paper uses 0.01)"),
+        ("algo.papo_entropy_coef", a.papo_entropy_coef, a.papo_entropy_coef >= 0, "must be >= 0"),
+        ("algo.papo_masked_entropy_coef", a.papo_masked_entropy_coef, a.papo_masked_entropy_coef >= 0,
+         "must be >= 0"),
         ("optim.lr", o.lr, o.lr > 0, "must be > 0"),
         ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "must be >= 0"),
         ("optim.betas", o.betas, isinstance(o.betas, (list, tuple)) and len(o.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
@@ -300,6 +311,7 @@ def check_values(cfg: Config) -> None:
     # (train.steps=3 on a recipe with 5 warm-up steps) must run as the recipe would start.
     # A mini-batch need not be a multiple of micro_batch_size: losses are normalised by the whole
     # mini-batch's token/sequence counts, so a shorter last micro-batch gives the same gradient.
+    check_variant_combinations(cfg)
     for i, d in enumerate(cfg.data):
         if not d.path:
             raise ConfigError(f"data[{i}].path is required")
@@ -310,6 +322,42 @@ def check_values(cfg: Config) -> None:
     probs = [d.prob for d in cfg.data]
     if any(p is not None for p in probs) and not sum(p or 0.0 for p in probs) > 0:
         raise ConfigError(f"data[].prob are {probs}: at least one dataset needs a positive prob")
+
+
+CORRECTNESS_REWARDS = ("accuracy", "accuracy_strict")
+
+
+def check_variant_combinations(cfg: Config) -> None:
+    """The neighbouring papers' options (algo.dads/stcr/papo_*, ema_grpo, observe_grpo) need
+    things the rest of the recipe must provide; a missing one would silently train plain GRPO."""
+    from lmmr1.algos import GROUP_ESTIMATORS
+
+    a = cfg.algo
+    if cfg.type != "rl":
+        return
+    needs_correct = [k for k, on in (("algo.advantage=observe_grpo", a.advantage == "observe_grpo"),
+                                     ("algo.dads=true", a.dads), ("algo.stcr=true", a.stcr)) if on]
+    names = {r.name for r in cfg.reward if r.name}
+    if a.correct_reward is not None and a.correct_reward not in names:
+        raise ConfigError(f"algo.correct_reward={a.correct_reward!r} is not one of this recipe's rewards "
+                          f"({', '.join(sorted(names)) or 'none named'})")
+    if needs_correct and a.correct_reward is None and not names & set(CORRECTNESS_REWARDS):
+        raise ConfigError(f"{needs_correct[0]} uses each group's accuracy: add the reward 'accuracy' "
+                          "(or 'accuracy_strict') to reward: (weight 0 to use it only as a signal), or name the "
+                          "reward that says 'right' with algo.correct_reward")
+    for key, on in (("algo.dads", a.dads), ("algo.stcr", a.stcr)):
+        if on and a.advantage not in GROUP_ESTIMATORS:
+            raise ConfigError(f"{key}=true works on groups of samples: use a group estimator "
+                              f"({', '.join(sorted(GROUP_ESTIMATORS))}), not algo.advantage={a.advantage}")
+    if a.dads and not a.kl_coef > 0:
+        raise ConfigError("algo.dads=true weights the KL term, but there is none: set algo.kl_coef > 0")
+    if a.dads and a.kl_in_reward:
+        raise ConfigError("algo.dads=true weights the KL *loss* term per sample by its advantage's sign; with "
+                          "algo.kl_in_reward=true the KL shapes the rewards before advantages exist: set "
+                          "algo.kl_in_reward=false")
+    if (a.papo_entropy_coef or a.papo_masked_entropy_coef) and not a.papo_coef > 0:
+        raise ConfigError("algo.papo_entropy_coef / papo_masked_entropy_coef regularise PAPO's KL term: set "
+                          "algo.papo_coef > 0 (0.01 in the paper)")
 
 
 # ------------------------------------------------------------------------------------ (de)serialise

@@ -52,6 +52,7 @@ from lmmr1.trainer.config import Config, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
 from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
 from lmmr1.trainer.update_probe import ROUNDING_WARN_FRACTION, UpdateProbe, rounding_warning
+from lmmr1.trainer.variants import VariantHooks
 
 
 def _derived_seed(*parts: Any) -> int:
@@ -160,6 +161,7 @@ class Trainer:
         self.update_probe = UpdateProbe(params, seed=t.seed) if self.precision.param != torch.float32 else None
         self.unchanged_frac: float | None = None
         self._rounding_warned = False
+        self.variants = VariantHooks(a, cfg.rollout.n, self.processor)  # EMA-GRPO, Observe-R1, APO, PAPO
         self.step = 0
         self.nonfinite_in_a_row = 0
         if self.resume_from is not None:
@@ -208,6 +210,7 @@ class Trainer:
                                   fields={**ex.fields, "datasource": ex.datasource}, completion_tokens=lengths[row],
                                   chat_prompt=prompts.texts[p], messages=ex.messages, source=ex.source,
                                   columns={dcfg.label_key: ex.answer}))
+        self.variants.bind_reask(self.reward, self.policy, self.processor, examples, images, ro, params, self._amp)
         return ro, examples, (samples, self.reward(samples))
 
     def collect(self) -> tuple[Rollout, list, list, Any, dict]:
@@ -291,8 +294,12 @@ class Trainer:
 
         # 4. advantages
         kl_rewards = -self.kl.value * kl_tok if (self.use_ref and a.kl_in_reward) else torch.zeros_like(mask)
+        extra.update(self.variants.prepare(batch, lambda r: self._forward_all(self.policy, r),
+                                           _derived_seed(t.seed, self.step, "papo")))
         batch.advantages, batch.returns = compute_advantages(a.advantage, scores, kl_rewards, mask, cfg.rollout.n,
-                                                             values=batch.values, gamma=a.gamma, lam=a.lam, eps=a.eps)
+                                                             values=batch.values, gamma=a.gamma, lam=a.lam, eps=a.eps,
+                                                             **self.variants.estimator_kwargs(batch))
+        extra.update(self.variants.after_advantages(batch))
 
         # 5. policy (and critic) updates: ppo_epochs x mini-batches, each accumulated over micro-batches
         self.policy.model.train()
@@ -343,7 +350,11 @@ class Trainer:
                 stats.logprob_gap = max(stats.logprob_gap, gap)
             ref = batch.ref_logp[micro] if batch.ref_logp is not None else None
             out = policy_objective(logp, batch.old_logp[micro], batch.advantages[micro], m, self.objective,
-                                   ref_logp=ref, kl_coef=kl_coef, entropy=ent, **norm)
+                                   ref_logp=ref, kl_coef=kl_coef, entropy=ent, **norm,
+                                   **self.variants.objective_kwargs(
+                                       batch, micro, lambda r, rows: self._logprobs(self.policy, r, rows, True)[1]))
+            for k, v in out.terms.items():
+                stats.terms.setdefault(k, []).append(v)
             if not torch.isfinite(out.loss):
                 finite = False
                 break
@@ -444,6 +455,7 @@ class Trainer:
             m["loss/value"] = stats.mean(stats.value_loss)
         for k, v in self.reward.stats().items():
             m[f"reward/{k}"] = v
+        m.update({k: stats.mean(v) for k, v in stats.terms.items()})
         m.update(extra)
         m["_samples"] = [
             {"step": self.step, "source": str(samples[r].fields.get("datasource", "")), "prompt": samples[r].prompt,
@@ -523,6 +535,7 @@ class Trainer:
             "data": self.mixer.state_dict(),
             "kl": self.kl.state_dict(),
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "variants": self.variants.state_dict(),
         }
         if hasattr(self.policy.model, "get_base_model"):  # LoRA: the adapter weights themselves
             state["lora"] = {k: v for k, v in self.policy.model.state_dict().items() if "lora_" in k}
@@ -544,6 +557,7 @@ class Trainer:
             self.mixer.load_state_dict(state["data"])
             self.kl.load_state_dict(state["kl"])
             self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+            self.variants.load_state_dict(state.get("variants", {}))
             if self.critic is not None:
                 if "critic" not in state:
                     raise KeyError("critic")
