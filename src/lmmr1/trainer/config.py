@@ -75,6 +75,10 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)
+    # memory budget of the sampler (0 = none): rows, and KV-cache tokens (rows x (prompt + max_new_tokens)),
+    # decoded at a time; the batch is worked through in chunks, with the same samples (docs/training.md)
+    max_rows_in_flight: int = 0
+    max_tokens_in_flight: int = 0
 
 
 @dataclass
@@ -223,6 +227,10 @@ def check_values(cfg: Config) -> None:
         ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "must be in (0, 1]"),
         ("rollout.top_k", r.top_k, r.top_k >= 0, "must be >= 0 (0 disables top-k)"),
         ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, "must be >= 1"),
+        ("rollout.max_rows_in_flight", r.max_rows_in_flight, r.max_rows_in_flight >= 0, "must be >= 0 (0: no limit)"),
+        ("rollout.max_tokens_in_flight", r.max_tokens_in_flight, r.max_tokens_in_flight == 0
+         or r.max_tokens_in_flight > r.max_new_tokens, "must be 0 (no limit) or more than rollout.max_new_tokens "
+         "(one row holds its prompt plus max_new_tokens cache positions)"),
         ("algo.advantage", a.advantage, a.advantage in ESTIMATORS, ""),
         ("algo.loss_agg", a.loss_agg, a.loss_agg in AGG_MODES, ""),
         ("algo.kl_estimator", a.kl_estimator, a.kl_estimator in KL_ESTIMATORS, ""),

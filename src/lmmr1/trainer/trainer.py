@@ -182,7 +182,8 @@ class Trainer:
         r = self.cfg.rollout
         params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop),
-                                seed=_derived_seed(self.cfg.train.seed, self.step, "rollout", round_))
+                                seed=_derived_seed(self.cfg.train.seed, self.step, "rollout", round_),
+                                max_rows_in_flight=r.max_rows_in_flight, max_tokens_in_flight=r.max_tokens_in_flight)
         with self._amp():
             ro = sample(self.policy, prompts, params)
         lengths = ro.lengths.tolist()
