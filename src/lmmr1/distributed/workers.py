@@ -35,6 +35,7 @@ class _Killable:
     name = ""
 
     def _maybe_die(self, step: int) -> None:
+        """``step``: the 1-based step being worked on (the driver's ``Trainer.step`` + 1)."""
         if self.kill == f"{self.name}@{step}":
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -68,7 +69,7 @@ class TrainWorker(_Killable):
         return os.getpid()
 
     def logprobs(self, which: str, ro, step: int) -> torch.Tensor:
-        self._maybe_die(step)
+        self._maybe_die(step + 1)
         return self.t.logprobs(which, _to(ro, self.t.device))
 
     def update(self, batch, mini, measure_gap: bool, lr: float, kl_value: float, step: int, nonfinite: int):
