@@ -80,12 +80,12 @@ def uniform_noise(keys: torch.Tensor, t: int, vocab: int) -> torch.Tensor:
     a pure function of its key; 23 random bits per draw (the Gumbel noise it feeds caps at ~16.6,
     i.e. tokens less likely than ~6e-8 relative to the best one are never drawn).
     """
-    c = (torch.arange(vocab, device=keys.device, dtype=torch.long) + t * vocab) * _signed(_GOLDEN)
-    x = keys[:, None] + c[None, :]
-    x = (x ^ _srl(x, 30)) * _signed(_M1)
-    x = (x ^ _srl(x, 27)) * _signed(_M2)
-    x = x ^ _srl(x, 31)
-    return (_srl(x, 41).float() + 0.5) * (1.0 / (1 << 23))  # exact in fp32: (k + 0.5) / 2^23
+    c = (torch.arange(vocab, device=keys.device, dtype=torch.long) + t * vocab).mul_(_signed(_GOLDEN))
+    x = keys[:, None] + c[None, :]  # one new (rows, vocab) buffer; the rest is in place
+    x.bitwise_xor_(_srl(x, 30)).mul_(_signed(_M1))
+    x.bitwise_xor_(_srl(x, 27)).mul_(_signed(_M2))
+    x.bitwise_xor_(_srl(x, 31))
+    return _srl(x, 41).float().add_(0.5).mul_(1.0 / (1 << 23))  # exact in fp32: (k + 0.5) / 2^23
 
 
 @dataclass
