@@ -44,10 +44,14 @@ def device_mesh(world_size: int, device: torch.device):
 
 
 def shard(lm: LoadedModel, mesh, *, cpu_offload: bool = False) -> ShardedCall:
-    """Wrap ``lm.model`` in place: one FSDP unit per text decoder layer, the rest in the root unit."""
+    """Wrap ``lm.model`` in place: one FSDP unit per text decoder layer, the rest in the root unit.
+
+    ``cpu_offload`` (FSDP2 CPUOffloadPolicy: shards, gradients and optimizer step in pinned CPU
+    memory) only means something when the model runs on a GPU; on CPU it is a no-op.
+    """
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    offload = CPUOffloadPolicy() if cpu_offload and lm.device.type == "cuda" else OffloadPolicy()
     for layer in lm.language_model.layers:
         fully_shard(layer, mesh=mesh, offload_policy=offload)
     root = ShardedCall(lm.model)
