@@ -84,7 +84,7 @@ class ShardTrainer(Trainer):
         return root(super()._logprobs, lm, ro, rows, with_entropy)
 
     def _all_ranks_ok(self, ok: bool) -> bool:
-        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)  # NCCL: on the GPU
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
