@@ -196,6 +196,9 @@ def eval_cmd(
             table.add_row(f"  {src}", "", f"{v:.4f}", "", "", "", "")
     console.print(table)
     for name, r in results.items():
+        if "mean_return" in r:  # env suites: accuracy is the success rate of the replayed answers
+            console.print(f"{name}: success rate {r['success_rate']:.4f}   mean return {r['mean_return']:.4f}")
+    for name, r in results.items():
         if r["truncated"] > TRUNCATION_WARN_FRACTION:
             console.print(f"[yellow]warning:[/] {name}: {r['truncated']:.0%} of samples hit --max-new-tokens "
                           f"{max_new_tokens} before ending; their answers were cut off (raise --max-new-tokens)",
@@ -223,7 +226,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("synth")
 def synth_cmd(
-    suite: Annotated[str, typer.Argument(help="arithmetic, counting or geometry.")],
+    suite: Annotated[str, typer.Argument(help="arithmetic, counting, geometry, sokoban or football.")],
     out: Annotated[Path, typer.Option(help="Output folder (JSONL files + images/).")],
     split: Annotated[str, typer.Option(help="train, val or test (disjoint, deterministic).")] = "train",
     n: Annotated[int, typer.Option(help="Number of problems.")] = 1000,

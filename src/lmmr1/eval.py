@@ -4,6 +4,10 @@ Accuracy is the ``accuracy`` reward alone (never mixed with the format bonus); w
 is the mean over samples (mean@n) and pass@k uses the unbiased estimator of Chen et al. 2021:
 pass@k = 1 - C(n-c, k) / C(n, k) averaged over problems, c = correct samples of the problem.
 
+Env suites (every row has an ``env`` field, e.g. ``lmmr1 data synth sokoban``): each answer is
+replayed in its env, LMM-R1's single-turn way; ``accuracy`` (= ``success_rate``) is the fraction
+of replays that solve the task and ``mean_return`` the mean episode return of the replays.
+
 ``truncated`` is the fraction of samples that hit ``max_new_tokens`` before ending: a cut-off
 answer usually scores 0, so a high value means the length budget, not the model, set the score.
 """
@@ -78,6 +82,8 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
     acc, fmt, lengths, sources = [], [], [], {}
     truncated = 0
     kept = []
+    env_suite = bool(ds.examples) and all(isinstance(e.fields.get("env"), dict) for e in ds.examples)
+    returns: list[float] = []
     for start in range(0, len(ds), cfg.batch_size):
         exs = ds.examples[start : start + cfg.batch_size]
         prompts = lm.processor([e.messages for e in exs], images=[e.images(ds.cfg.max_pixels) for e in exs],
@@ -89,6 +95,10 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
                           int(ro.lengths[r])) for r in range(ro.num_rows)]
         res = reward(samples)
         a = [0.0 if v is None else float(v) for v in res.components.get("accuracy", [0.0] * ro.num_rows)]
+        if env_suite:  # agent tasks: accuracy is the success rate of replaying the answer in the env
+            scores = [_env_score(smp, exs[r // cfg.n].source) for r, smp in enumerate(samples)]
+            a = [1.0 if sc.success else 0.0 for sc in scores]
+            returns += [sc.ret for sc in scores]
         f = [0.0 if v is None else float(v) for v in res.components.get("format", [0.0] * ro.num_rows)]
         acc += a
         fmt += f
@@ -116,7 +126,21 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
         "seconds": round(time.perf_counter() - t0, 2),
         "examples": kept,
     }
+    if env_suite:
+        out["success_rate"] = out["accuracy"]
+        out["mean_return"] = sum(returns) / len(returns)
     return out
+
+
+def _env_score(s: Sample, where: str):
+    """Replay one completion in its row's env; a broken env field is the user's to fix, named by row."""
+    from lmmr1.envs.base import EnvError
+    from lmmr1.rewards.agents import env_score
+
+    try:
+        return env_score(s.completion, s.fields["env"])
+    except EnvError as e:
+        raise LmmR1Error(f"{where}: field 'env': {e}") from None
 
 
 def evaluate(lm: LoadedModel, suites: dict[str, PromptDataset], cfg: EvalConfig | None = None,

@@ -153,7 +153,7 @@ def run_eval(model_dir: Path, data: dict, root: Path, out_file: Path, console: C
     write_results(results, out_file)
     for name, r in results.items():
         console.print(f"  eval {name}: accuracy {r['accuracy']:.3f}  format {r['format_rate']:.3f}  "
-                      f"len {r['mean_length']:.1f}")
+                      f"len {r['mean_length']:.1f}" + (f"  return {r['mean_return']:.3f}" if "mean_return" in r else ""))
     return results
 
 
@@ -218,7 +218,8 @@ def run_pipeline(recipe: str | Path, overrides: list[str] | None = None, console
         info = json.loads(marker.read_text())
         summary_stages.append({
             "name": name, "type": cfg.type, "dir": str(sdir), "model": prev, "wall_s": info.get("wall_s"),
-            "eval": {s: {k: r[k] for k in ("accuracy", "format_rate", "mean_length", "problems")}
+            "eval": {s: {k: r[k] for k in ("accuracy", "format_rate", "mean_length", "problems", "success_rate",
+                                            "mean_return") if k in r}  # the last two: env suites
                      for s, r in eval_res.items()},
         })
     summary = {"recipe": str(recipe), "output_dir": str(root), "stages": summary_stages,

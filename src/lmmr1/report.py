@@ -81,7 +81,9 @@ def _eval_table(rows: list[tuple[str, dict]], first_header: str) -> list[str]:
              + "".join(f"<th>{html.escape(s)}<br>accuracy</th><th>format</th>" for s in suites) + "</tr>"]
     for name, ev in rows:
         cells = "".join(
-            f"<td>{ev[s]['accuracy']:.3f}</td><td>{ev[s]['format_rate']:.3f}</td>" if s in ev else "<td>-</td><td>-</td>"
+            f"<td>{ev[s]['accuracy']:.3f}</td><td>{ev[s]['format_rate']:.3f}"
+            + (f"<br>return {ev[s]['mean_return']:.3f}" if "mean_return" in ev[s] else "")  # env suites
+            + "</td>" if s in ev else "<td>-</td><td>-</td>"
             for s in suites)
         parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
     parts.append("</table>")

@@ -11,7 +11,8 @@ Suites:
 - ``counting``: shapes on a canvas, "how many <colour> <shape>s" (knobs: ``max_count``, ``distractors``,
   ``grid``: shapes sit in the cells of a grid x grid layout);
 - ``geometry``: a right triangle with labelled legs (Pythagorean triples), asking for the
-  hypotenuse or the area (knob: ``scale``).
+  hypotenuse or the area (knob: ``scale``);
+- ``sokoban``, ``football``: agent tasks with an ``env`` field (:mod:`lmmr1.data.synth_agents`).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def geometry(rng: random.Random, scale: int = 4) -> Problem:
 SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry}
 from lmmr1.data import synth_agents  # noqa: E402  (agent suites build on Problem above)
 
-SUITES.update(sokoban=synth_agents.sokoban)
+SUITES.update(sokoban=synth_agents.sokoban, football=synth_agents.football)
 
 
 def knob_names(suite: str) -> dict[str, Any]:

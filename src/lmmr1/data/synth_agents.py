@@ -9,6 +9,7 @@ The worked ``response`` is an optimal BFS solution, the cold-start SFT target.
 
 from __future__ import annotations
 
+import json
 import random
 
 from lmmr1.data.synth import Problem
@@ -50,3 +51,52 @@ def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 
         draw=lambda px: render_sokoban(level, max(4, px // max(level.width, level.height))),
         fields={"env": env},
     )
+
+
+FOOTBALL_RULES = ("You control the attacker with the ball; score in the goal on the right while the defenders "
+                  "and the keeper try to take the ball.")
+
+
+def football_prompt(mode: str, description: str = "") -> str:
+    from lmmr1.envs.football import ACTIONS
+
+    what = ("The scene:\n" + description + "\n") if description else (
+        "The image shows the pitch from above: blue attackers (you are ringed in white, with the ball), red "
+        "defenders, the yellow keeper, the goal on the right.\n")
+    ask = ("Give all your actions at once, comma-separated, inside <answer></answer>"
+           if mode == "global" else "Give your next action inside <answer></answer>")
+    return (f"You are playing football. {FOOTBALL_RULES}\n{what}Think inside <think></think>. {ask}, "
+            f"choosing from: {', '.join(ACTIONS)}. Example: <answer>right, right, shot</answer>.")
+
+
+def football(rng: random.Random, attackers: int = 2, defenders: int = 2, mode: str = "global") -> Problem:
+    """A seeded attacking scenario (MageBench-like); the worked answer is a beam-search plan."""
+    from lmmr1.envs.football import FootballEnv, GenConfig, plan
+
+    if mode not in ("global", "online"):
+        from lmmr1.errors import LmmR1Error
+
+        raise LmmR1Error(f"football: mode must be global or online, got {mode!r}")
+    GenConfig(attackers, defenders).check_values()
+    seed = rng.getrandbits(31)
+    game = FootballEnv.from_spec({"name": "football", "generate": {"attackers": attackers, "defenders": defenders}})
+    game.reset(seed)
+    scenario = game.start.to_dict()
+    text = game.describe()
+    actions, ret, goal = plan(game, seed)
+    shown = actions if mode == "global" else actions[:1]
+    env = {"name": "football", "scenario": scenario, "mode": mode}
+    return Problem(
+        key="football:" + json.dumps(scenario, sort_keys=True) + mode, question=football_prompt(mode, text),
+        image_question=football_prompt(mode), answer=", ".join(shown),
+        response=(f"<think>{'Dribble and pass toward the goal, then shoot' if goal else 'Carry the ball forward'}."
+                  f"</think><answer>{', '.join(shown)}</answer>"),
+        draw=lambda px, s=scenario: _draw_football(s, px), fields={"env": env, "reference_return": round(ret, 3)},
+    )
+
+
+def _draw_football(scenario: dict, px: int):
+    from lmmr1.envs.render import render_football
+
+    return render_football([tuple(p) for p in scenario["attackers"]], 0, [tuple(p) for p in scenario["defenders"]],
+                           tuple(scenario["keeper"]), px)

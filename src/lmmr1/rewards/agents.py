@@ -79,6 +79,7 @@ class AgentScore:
     thinking: float = 0.0
     success: bool = False
     n_actions: int = 0
+    ret: float = 0.0  # the replay's plain episode return (sum of env rewards; 0 without an answer)
 
 
 def sokoban_score(completion: str, env: dict[str, Any]) -> AgentScore:
@@ -111,7 +112,8 @@ def sokoban_score(completion: str, env: dict[str, Any]) -> AgentScore:
     fmt = 1.0 if format_ok(completion) else 0.0
     act = action_bonus(actions)
     think = thinking_bonus(completion)
-    return AgentScore(task + FORMAT_WEIGHT * fmt + act + think, task, fmt, act, think, rep.solved, len(actions))
+    return AgentScore(task + FORMAT_WEIGHT * fmt + act + think, task, fmt, act, think, rep.solved, len(actions),
+                      sum(rep.rewards))
 
 
 class _EnvReward:
@@ -162,3 +164,51 @@ class SokobanReward(_EnvReward):
 
     def score_one(self, completion: str, env: dict[str, Any]) -> AgentScore:
         return sokoban_score(completion, env)
+
+
+def football_score(completion: str, env: dict[str, Any]) -> AgentScore:
+    """MageBench's Global mode: the answer's action list replayed from the scenario; the score is
+    the episode return (can be negative: a lost ball costs 20), success = a goal.  No parsable
+    answer: 0 and no success.  Actions past the episode's end are ignored."""
+    from lmmr1.envs.football import FootballEnv, parse_actions
+
+    if not isinstance(env, dict) or env.get("name") != "football":
+        raise EnvError("the football reward needs an env with name 'football'")
+    game = FootballEnv.from_spec(env)
+    seed = env.get("seed", 0)
+    if game.scenario0 is None and not isinstance(seed, int):
+        raise EnvError("a generated football env needs an integer 'seed' to be replayed")
+    block = None if too_long(completion) else last_answer_block(completion)
+    actions = parse_actions(block) if block else None
+    if actions is None:
+        return AgentScore(0.0)
+    game.reset(seed if isinstance(seed, int) else 0)
+    ret, success = 0.0, False
+    for a in actions:
+        r = game.step(a)
+        ret += r.reward
+        success = r.success
+        if r.done:
+            break
+    return AgentScore(ret, task=ret, success=success, n_actions=len(actions), ret=ret)
+
+
+@register("football", default_weight=1.0)
+class FootballReward(_EnvReward):
+    """MageBench Football, Global mode: the return of replaying the whole action list (goal = success)."""
+
+    name = "football"
+
+    def score_one(self, completion: str, env: dict[str, Any]) -> AgentScore:
+        return football_score(completion, env)
+
+
+SCORERS = {"sokoban": sokoban_score, "football": football_score}
+
+
+def env_score(completion: str, env: dict[str, Any]) -> AgentScore:
+    """The single-turn score of ``completion`` in the env a row names (``lmmr1 eval`` on env suites)."""
+    name = env.get("name") if isinstance(env, dict) else None
+    if name not in SCORERS:
+        raise EnvError(f"no single-turn scorer for env {name!r}; known: {', '.join(sorted(SCORERS))}")
+    return SCORERS[name](completion, env)
