@@ -267,3 +267,48 @@ def test_episode_config_errors(tmp_path, tiny_vlm):
         _cfg(tmp_path, tiny_vlm, "episode.max_images=-1").validate()
     with pytest.raises(ConfigError, match="episode.turn"):
         _cfg(tmp_path, tiny_vlm, "episode.turn=3")
+
+
+def test_current_context_reads_like_a_first_prompt(loaded_vlm):
+    cfg = EpisodeConfig(turns=3, context="current", observation_template="Grid:\n{observation}\nMove?")
+    eb = play_episodes(loaded_vlm, [_row()], [[]], cfg, SamplingParams(n=1, max_new_tokens=4, seed=5))
+    ro, ep = eb.rollout, eb.episodes[0]
+    proc = loaded_vlm.processor
+    for r in range(1, ro.num_rows):  # turn r's prompt: the observation after turn r-1, as a fresh conversation
+        text = ("Invalid action.\n" if not eb.valid[r - 1] else "") + "Grid:\n" + "\n".join(LEVEL).replace(" ", "_") + "\nMove?"
+        want = proc([[{"role": "user", "content": [{"type": "text", "text": text}]}]], images=[[]]).input_ids[0].tolist()
+        assert _unpadded(ro, r) == want  # the random model never moves the player: the grid is the level's
+    lp, _ = completion_logprobs(loaded_vlm, ro.prompts, ro.prompt_index, ro.completion_ids, ro.completion_mask)
+    assert ((lp - ro.logprobs).abs() * ro.completion_mask).max() < 1e-4
+
+
+def test_sokoban_turns_rows_replay_to_a_solve():
+    from lmmr1.data.synth import problems
+    from lmmr1.envs.sokoban import Level, parse_actions, replay
+
+    for mid in (1, 0):
+        for p in problems("sokoban_turns", "train", 20, size=5, boxes=1, max_moves=4, mid_path=mid):
+            level = Level.from_xsb(p.fields["env"]["level"])
+            moves = parse_actions(p.answer)
+            assert replay(level, moves).solved and len(moves) == p.fields["env"]["optimal_moves"]
+            assert p.response == f"<answer>{moves[0]}</answer>"
+            assert "\n".join(level.to_xsb(floor="_")) in p.question  # the grid as the env's observation writes it
+    tests = {p.key for p in problems("sokoban_turns", "test", 30, size=5, boxes=1, max_moves=4, mid_path=0)}
+    trains = {p.key for p in problems("sokoban_turns", "train", 200, size=5, boxes=1, max_moves=4, mid_path=1)}
+    assert tests and not tests & trains  # whole levels are held out
+
+
+def test_eval_plays_env_suites_turn_by_turn(tmp_path, loaded_vlm):
+    from lmmr1.data.dataset import PromptDataset
+    from lmmr1.eval import EvalConfig, evaluate_suite
+
+    solved = ["#####", "#@*##", "#####"]  # already solved: a success whatever the model says
+    rows = [{"message": json.dumps([{"role": "user", "content": "\n".join(lv)}]), "answer": "Right",
+             "env": {"name": "sokoban", "level": lv}} for lv in (solved, LEVEL)]
+    (tmp_path / "suite.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = PromptDataset.load(str(tmp_path / "suite.jsonl"), system_prompt="none")
+    out = evaluate_suite(loaded_vlm, ds, EvalConfig(max_new_tokens=3, episode={"turns": 2}), reward=None)
+    assert out["success_rate"] == out["accuracy"] == 0.5 and out["samples"] == 2
+    assert out["mean_turns"] == 2.0 and out["format_rate"] == 0.0  # the random model names no move
+    with pytest.raises(LmmR1Error, match="eval episode: .*unexpected keyword"):
+        evaluate_suite(loaded_vlm, ds, EvalConfig(max_new_tokens=3, episode={"turns": 2, "turn": 1}), reward=None)

@@ -19,8 +19,9 @@ The rules the module keeps (each tested in tests/test_episodes.py):
   ``length``), ``episode.max_episode_tokens`` over an episode's actions, ``episode.max_images``
   and ``episode.max_context_tokens`` over a context, ``episode.turns`` turns; an episode that
   hits one ends with ``truncated`` naming it.
-- **context**: ``full`` history, or ``last_k`` (the first prompt, which states the task, plus
-  the last k turns).
+- **context**: ``full`` history; ``last_k`` (the first prompt, which states the task, plus
+  the last k turns); or ``current`` (Markov: the latest observation alone, written as a fresh
+  conversation the way a first prompt is, so each turn reads like a single-turn row).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Episode:
     done: bool = False
     success: bool = False
     truncated: str | None = None  # turns | episode_tokens | images | context, or None
+    current: Segment | None = None  # context "current": the latest observation as a fresh conversation
 
     @property
     def ret(self) -> float:
@@ -86,6 +88,8 @@ class Episode:
 
     def context(self, mode: str, last_k: int) -> list[Segment]:
         """The segments the next action is conditioned on."""
+        if mode == "current":
+            return [self.current or self.first]
         kept = self.turns if mode == "full" else self.turns[len(self.turns) - last_k:] if last_k else []
         out = [self.first]
         for act, obs in kept:
@@ -310,9 +314,17 @@ def play_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: Epis
                 ep.done, ep.truncated = True, "episode_tokens"
             else:
                 obs = res.observation
-                text = obs.text if ok or not cfg.feedback else f"{cfg.invalid_feedback}\n{obs.text}".strip()
+                text = cfg.observation_template.replace("{observation}", obs.text)
+                text = text if ok or not cfg.feedback else f"{cfg.invalid_feedback}\n{text}".strip()
                 obs_seg = enc.segment(text, list(obs.images), act, ro.finish_reasons[r], f"{examples[ep.group].source} turn {turn + 1}")
-                ctx = ep.context(cfg.context, cfg.last_k) + [act, obs_seg]
+                if cfg.context == "current":  # Markov: the observation alone, as a first prompt is written
+                    content = [{"type": "image"} for _ in obs.images] + [{"type": "text", "text": text}]
+                    pb = proc([[{"role": "user", "content": content}]], images=[list(obs.images)],
+                              row_names=[f"{examples[ep.group].source} turn {turn + 1}"])
+                    ep.current = Segment(pb.input_ids[0].tolist(), False, pb.pixel_values, pb.image_grid_thw)
+                    ctx = [ep.current]
+                else:
+                    ctx = ep.context(cfg.context, cfg.last_k) + [act, obs_seg]
                 if cfg.max_images and sum(s.n_images for s in ctx) > cfg.max_images:
                     ep.done, ep.truncated, obs_seg = True, "images", None
                 elif cfg.max_context_tokens and sum(len(s.ids) for s in ctx) > cfg.max_context_tokens:
@@ -325,3 +337,32 @@ def play_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: Epis
                          turn=torch.tensor(row_turn, dtype=torch.long), anchor=anchors)
     return EpisodeBatch(ro, step_rewards, row_ep, episodes, valid)
 
+
+
+def evaluate_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: EpisodeConfig, *,
+                      max_new_tokens: int, temperature: float = 0.0, batch_size: int = 32, seed: int = 0,
+                      keep: int = 3) -> dict[str, Any]:
+    """Held-out multi-turn play: one episode per env row (greedy by default); the success rate is
+    the fraction of episodes that solved their task within ``cfg.turns`` turns and the budgets."""
+    eps: list[Episode] = []
+    valid: list[bool] = []
+    lengths: list[int] = []
+    kept: list[dict[str, Any]] = []
+    for start in range(0, len(examples), batch_size):
+        exs, ims = examples[start:start + batch_size], images[start:start + batch_size]
+        eb = play_episodes(lm, exs, ims, cfg, SamplingParams(n=1, temperature=temperature,
+                                                            max_new_tokens=max_new_tokens, seed=seed + start))
+        eps += eb.episodes
+        valid += eb.valid
+        lengths += eb.rollout.lengths.tolist()
+        for e in eb.episodes[: max(0, keep - len(kept))]:
+            kept.append({"source": exs[e.group].source, "actions": [lm.processor.decode(a.ids) for a, _ in e.turns],
+                         "return": e.ret, "success": e.success, "truncated": e.truncated})
+    n = max(1, len(eps))
+    success = sum(e.success for e in eps) / n
+    return {"problems": len(examples), "samples": len(eps), "accuracy": success, "success_rate": success,
+            "pass@1": success, "mean_return": sum(e.ret for e in eps) / n,
+            "mean_turns": sum(len(e.turns) for e in eps) / n,
+            "format_rate": sum(valid) / max(1, len(valid)),  # the fraction of turns whose action the env accepted
+            "mean_length": sum(lengths) / max(1, len(lengths)), "truncated": sum(e.truncated is not None for e in eps) / n,
+            "examples": kept}

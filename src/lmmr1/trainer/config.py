@@ -83,7 +83,7 @@ class EpisodeConfig:
     must carry an ``env`` field and is played turn by turn; 0 keeps the single-turn rollout."""
 
     turns: int = 0  # most actions per episode (0: single-turn, the row's prompt is answered once)
-    context: str = "full"  # full | last_k: the first prompt plus the last ``last_k`` turns
+    context: str = "full"  # full | last_k (the first prompt + the last ``last_k`` turns) | current (latest observation only)
     last_k: int = 2
     max_episode_tokens: int = 0  # action tokens per episode (0: no limit beyond turns x rollout.max_new_tokens)
     max_images: int = 0  # images in one context (0: no limit)
@@ -91,6 +91,7 @@ class EpisodeConfig:
     invalid_reward: float = -0.1  # added to the step reward of an action the env rejects
     feedback: bool = True  # tell the agent when its action was invalid (next observation)
     invalid_feedback: str = "Invalid action."
+    observation_template: str = "{observation}"  # the user turn of each later observation ({observation}: its text)
     gigpo_omega: float = 1.0  # GiGPO: A = A_episode + omega * A_step
 
 
@@ -243,7 +244,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
 OLD_LOGPROBS = ("auto", "rollout", "recompute")
 TINY_SIZES = ("tiny", "small")
-EPISODE_CONTEXTS = ("full", "last_k")
+EPISODE_CONTEXTS = ("full", "last_k", "current")
 
 
 def _bad(key: str, value: Any, need: str) -> ConfigError:
@@ -310,7 +311,8 @@ def check_values(cfg: Config) -> None:
         ("train.num_threads", t.num_threads, t.num_threads >= 0, "must be >= 0 (0: torch's default)"),
         ("episode.turns", cfg.episode.turns, cfg.episode.turns >= 0, "must be >= 0 (0: single-turn)"),
         ("episode.context", cfg.episode.context, cfg.episode.context in EPISODE_CONTEXTS, ""),
-        ("episode.last_k", cfg.episode.last_k, cfg.episode.last_k >= 0, "must be >= 0"),
+        ("episode.last_k", cfg.episode.last_k, cfg.episode.last_k >= 1,
+         "must be >= 1 (the last turn holds the current observation)"),
         ("episode.max_episode_tokens", cfg.episode.max_episode_tokens, cfg.episode.max_episode_tokens >= 0,
          "must be >= 0 (0: no limit)"),
         ("episode.max_images", cfg.episode.max_images, cfg.episode.max_images >= 0, "must be >= 0 (0: no limit)"),
