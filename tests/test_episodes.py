@@ -312,3 +312,22 @@ def test_eval_plays_env_suites_turn_by_turn(tmp_path, loaded_vlm):
     assert out["mean_turns"] == 2.0 and out["format_rate"] == 0.0  # the random model names no move
     with pytest.raises(LmmR1Error, match="eval episode: .*unexpected keyword"):
         evaluate_suite(loaded_vlm, ds, EvalConfig(max_new_tokens=3, episode={"turns": 2, "turn": 1}), reward=None)
+
+
+def test_cli_eval_plays_episodes(tmp_path, tiny_vlm):
+    import subprocess
+    import sys
+
+    solved = ["#####", "#@*##", "#####"]
+    rows = [{"message": json.dumps([{"role": "user", "content": "\n".join(lv)}]), "answer": "Right",
+             "env": {"name": "sokoban", "level": lv}} for lv in (solved, LEVEL)]
+    (tmp_path / "suite.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    base = [sys.executable, "-m", "lmmr1.cli", "eval", "--model", str(tiny_vlm), "--bench",
+            f"sok={tmp_path / 'suite.jsonl'}", "--system-prompt", "none", "--max-new-tokens", "3"]
+    res = subprocess.run(base + ["--episode", "turns=2", "--episode", "context=current", "--out",
+                                 str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    r = json.loads((tmp_path / "r.json").read_text())["results"]["sok"]
+    assert r["success_rate"] == 0.5 and r["mean_turns"] == 2.0
+    bad = subprocess.run(base + ["--episode", "context=current"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--episode turns=None" in bad.stderr and "Traceback" not in bad.stderr

@@ -347,6 +347,7 @@ def evaluate_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: 
     eps: list[Episode] = []
     valid: list[bool] = []
     lengths: list[int] = []
+    cut = 0
     kept: list[dict[str, Any]] = []
     for start in range(0, len(examples), batch_size):
         exs, ims = examples[start:start + batch_size], images[start:start + batch_size]
@@ -355,6 +356,7 @@ def evaluate_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: 
         eps += eb.episodes
         valid += eb.valid
         lengths += eb.rollout.lengths.tolist()
+        cut += sum(f == "length" for f in eb.rollout.finish_reasons)
         for e in eb.episodes[: max(0, keep - len(kept))]:
             kept.append({"source": exs[e.group].source, "actions": [lm.processor.decode(a.ids) for a, _ in e.turns],
                          "return": e.ret, "success": e.success, "truncated": e.truncated})
@@ -364,5 +366,7 @@ def evaluate_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: 
             "pass@1": success, "mean_return": sum(e.ret for e in eps) / n,
             "mean_turns": sum(len(e.turns) for e in eps) / n,
             "format_rate": sum(valid) / max(1, len(valid)),  # the fraction of turns whose action the env accepted
-            "mean_length": sum(lengths) / max(1, len(lengths)), "truncated": sum(e.truncated is not None for e in eps) / n,
+            "mean_length": sum(lengths) / max(1, len(lengths)),
+            "truncated": cut / max(1, len(lengths)),  # turns whose answer hit max_new_tokens (as single-turn eval)
+            "episodes_truncated": sum(e.truncated is not None for e in eps) / n,  # ended by a budget, unsolved or not
             "examples": kept}
