@@ -11,12 +11,12 @@ import pytest
 
 from lmmr1.data.benchmarks import load_benchmark
 from lmmr1.data.synth import write_suite
+from lmmr1.envs import EnvError
 from lmmr1.errors import LmmR1Error
 from lmmr1.eval import EvalConfig, evaluate
 from lmmr1.models import load_model
 from lmmr1.report import _eval_table
 from lmmr1.rewards.agents import env_score
-from lmmr1.envs import EnvError
 
 
 def test_env_score_known_answers():
@@ -73,3 +73,36 @@ def test_report_table_shows_the_return():
     html = "".join(_eval_table([("rl", {"sok": {"accuracy": 0.5, "format_rate": 1.0, "mean_return": 3.25}}),
                                 ("sft", {"sok": {"accuracy": 0.25, "format_rate": 1.0}})], "stage"))
     assert "return 3.250" in html and html.count("return") == 1
+
+
+def test_pipeline_trains_on_sokoban_and_summarises_success_and_return(tmp_path):
+    """One GRPO step with the sokoban reward (LMM-R1's single-turn way), then the held-out env suite:
+    summary.json carries success_rate (= accuracy) and mean_return, report.html shows the return."""
+    import os
+
+    import yaml
+
+    out = tmp_path / "run"
+    recipe = {
+        "output_dir": str(out), "model": {"tiny": "tiny"},
+        "synth": [{"suite": "sokoban", "split": "train", "n": 8, "modality": "text"},
+                  {"suite": "sokoban", "split": "test", "n": 3, "modality": "text"}],
+        "eval": {"suites": {"sok": "synth:sokoban_test_text"}, "system_prompt": "none", "max_new_tokens": 8},
+        "rollout": {"n": 2, "max_new_tokens": 8}, "optim": {"lr": 0.001},
+        "train": {"prompts_per_step": 2, "micro_batch_size": 4, "tensorboard": False, "num_threads": 2},
+        "reward": [{"name": "sokoban"}],
+        "stages": [{"name": "rl", "data": [{"path": "synth:sokoban_train_text", "system_prompt": "none"}],
+                    "train": {"steps": 1}}],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    res = subprocess.run([sys.executable, "-m", "lmmr1.cli", "train", str(path)], capture_output=True, text=True,
+                         timeout=900, env=dict(os.environ))
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = [json.loads(x) for x in (out / "0_rl" / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/mean" in m for m in metrics)
+    ev = json.loads((out / "summary.json").read_text())["stages"][0]["eval"]["sok"]
+    full = json.loads((out / "0_rl" / "eval.json").read_text())["sok"]
+    assert ev["success_rate"] == ev["accuracy"] == full["accuracy"] and ev["mean_return"] == full["mean_return"]
+    assert ev["problems"] == 3
+    assert f"return {ev['mean_return']:.3f}" in (out / "report.html").read_text()

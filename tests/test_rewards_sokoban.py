@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lmmr1.rewards.agents import action_bonus, best_prefix_return, is_repetitive, sokoban_score, thinking_bonus
+from lmmr1.rewards.agents import (
+    action_bonus,
+    best_prefix_return,
+    is_repetitive,
+    sokoban_score,
+    thinking_bonus,
+)
 from lmmr1.rewards.base import RowError, Sample
 from lmmr1.rewards.compose import CompositeReward
 
@@ -67,12 +73,25 @@ def test_action_bonus_values():
     assert action_bonus(seq(20)) == pytest.approx(1.0)
     assert action_bonus(seq(35)) == pytest.approx(0.95)  # 1 - 0.2 * (15/30)^2
     assert action_bonus(seq(50)) == pytest.approx(0.8)
-    assert action_bonus(seq(110)) == pytest.approx(1 - 0.2 * 9)  # negative for very long answers
+    assert action_bonus(seq(80)) == pytest.approx(1 - 0.2 * 4)
+    assert action_bonus(seq(110)) == pytest.approx(1 - 0.2 * 9)  # -0.8
+    assert action_bonus(seq(200)) == -1.0  # 1 - 0.2 * 36 = -6.2, clamped at -1 (from ~115 moves on)
     assert action_bonus(["Left"] * 7) == pytest.approx(0.35)  # 7 in a row: allowed
     assert action_bonus(["Left"] * 8) == 0.0
     assert action_bonus(["Left", "Right"] * 4) == 0.0
     assert action_bonus(["Up", "Up", "Left"] * 3) == 0.0
     assert action_bonus(["Up", "Up", "Left"] * 2) == pytest.approx(0.3)
+
+
+def test_huge_answers_score_in_linear_time():
+    import time
+
+    t = time.perf_counter()
+    moves = ", ".join(["Up", "Left", "Down", "Right", "Up", "Up", "Left"] * 25_000)  # ~1 MB, not repetitive
+    s = sokoban_score(f"<think>w</think><answer>{moves}</answer>", ONE_PUSH)
+    assert s.n_actions == 175_000 and s.actions == -1.0 and s.success  # Down, Right solve it early
+    assert sokoban_score("<answer>" + "Left, " * 150_000 + "Right</answer>", ONE_PUSH).actions == 0.0
+    assert time.perf_counter() - t < 60  # did not hang (quadratic would take hours)
 
 
 def test_thinking_bonus_capped():
@@ -141,7 +160,7 @@ def test_score_success_agrees_with_independent_replay(tmp_path: Path):
 
     rng = random.Random(0)
     lines = []
-    for i, r in enumerate(rows):
+    for r in rows:
         sol = r["answer"].split(", ")
         kinds = [sol, sol[:-1], [rng.choice(["Up", "Down", "Left", "Right"]) for _ in range(len(sol) + 2)]]
         for moves in kinds:

@@ -11,43 +11,58 @@ from __future__ import annotations
 
 import json
 import random
+from typing import TYPE_CHECKING
 
-from lmmr1.data.synth import Problem
+if TYPE_CHECKING:  # lmmr1.data.synth imports this module to register the suites
+    from lmmr1.data.synth import Problem
 
 SOKOBAN_RULES = ("Push every box onto a goal. You move one cell per move and push a box by walking into it; "
                  "you cannot pull boxes or push two at once.")
 ANSWER_FORMAT = ("Think inside <think></think>, then give all your moves at once, comma-separated, from Up, Down, "
                  "Left, Right, inside <answer></answer>, e.g. <answer>Left, Up, Up</answer>.")
+ONLINE_FORMAT = ("Think inside <think></think>, then give your next move, one of Up, Down, Left, Right, inside "
+                 "<answer></answer>, e.g. <answer>Left</answer>.")
 SOKOBAN_LEGEND = "# wall, _ floor, . goal, $ box, * box on a goal, @ you, + you on a goal"
 SOKOBAN_IMAGE_LEGEND = "brown walls, beige floor, red rings are goals, orange squares are boxes (green on a goal), you are the blue disc"
 
 
-def sokoban_text_prompt(grid: str) -> str:
-    return f"You are playing Sokoban. {SOKOBAN_RULES}\nThe level ({SOKOBAN_LEGEND}):\n{grid}\n{ANSWER_FORMAT}"
+def sokoban_text_prompt(grid: str, mode: str = "global") -> str:
+    ask = ANSWER_FORMAT if mode == "global" else ONLINE_FORMAT
+    return f"You are playing Sokoban. {SOKOBAN_RULES}\nThe level ({SOKOBAN_LEGEND}):\n{grid}\n{ask}"
 
 
-def sokoban_image_prompt() -> str:
-    return f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{ANSWER_FORMAT}"
+def sokoban_image_prompt(mode: str = "global") -> str:
+    ask = ANSWER_FORMAT if mode == "global" else ONLINE_FORMAT
+    return f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{ask}"
 
 
-def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20) -> Problem:
-    """A reverse-play level with an optimal solution of min_moves..max_moves moves (LMM-R1: 7x7, 2-3 boxes)."""
+def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20,
+            mode: str = "global") -> Problem:
+    """A reverse-play level with an optimal solution of min_moves..max_moves moves (LMM-R1: 7x7, 2-3 boxes).
+    ``mode="online"`` asks for the next move only (multi-turn training); the answer is then the
+    first move of the optimal solution."""
+    from lmmr1.data.synth import Problem
     from lmmr1.envs.render import render_sokoban
     from lmmr1.envs.sokoban_gen import GenConfig, generate
 
+    if mode not in ("global", "online"):
+        from lmmr1.errors import LmmR1Error
+
+        raise LmmR1Error(f"sokoban: mode must be global or online, got {mode!r}")
     cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
     cfg.check_values()
     seed = rng.getrandbits(31)
     g = generate(cfg, seed)
     level = g.level
     xsb = level.to_xsb()
-    moves = ", ".join(g.solution)
-    env = {"name": "sokoban", "level": xsb, "optimal_moves": g.optimal_moves}
+    moves = ", ".join(g.solution if mode == "global" else g.solution[:1])
+    env = {"name": "sokoban", "level": xsb, "optimal_moves": g.optimal_moves, "mode": mode}
     return Problem(
-        key="sokoban:" + "|".join(xsb), question=sokoban_text_prompt("\n".join(level.to_xsb(floor="_"))),
-        image_question=sokoban_image_prompt(), answer=moves,
-        response=(f"<think>Pushing the boxes onto the goals takes {g.optimal_moves} move{'' if g.optimal_moves == 1 else 's'}.</think>"
-                  f"<answer>{moves}</answer>"),
+        key="sokoban:" + "|".join(xsb) + ("" if mode == "global" else ":online"),
+        question=sokoban_text_prompt("\n".join(level.to_xsb(floor="_")), mode),
+        image_question=sokoban_image_prompt(mode), answer=moves,
+        response=(f"<think>Pushing the boxes onto the goals takes {g.optimal_moves} "
+                  f"move{'' if g.optimal_moves == 1 else 's'}.</think><answer>{moves}</answer>"),
         draw=lambda px: render_sokoban(level, max(4, px // max(level.width, level.height))),
         fields={"env": env},
     )
@@ -71,6 +86,7 @@ def football_prompt(mode: str, description: str = "") -> str:
 
 def football(rng: random.Random, attackers: int = 2, defenders: int = 2, mode: str = "global") -> Problem:
     """A seeded attacking scenario (MageBench-like); the worked answer is a beam-search plan."""
+    from lmmr1.data.synth import Problem
     from lmmr1.envs.football import FootballEnv, GenConfig, plan
 
     if mode not in ("global", "online"):

@@ -243,7 +243,8 @@ class SokobanEnv:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SokobanEnv:
-        known = {"name", "level", "generate", "view", "max_steps", "tile", "optimal_moves", "solution", "seed"}
+        known = {"name", "level", "generate", "view", "max_steps", "tile", "optimal_moves", "solution", "seed",
+                 "mode"}  # the last four describe the row (mode: how the prompt asks), not the dynamics
         extra = sorted(set(spec) - known)
         if extra:
             raise EnvError(f"sokoban: unknown env option(s) {', '.join(extra)}; known: {', '.join(sorted(known))}")

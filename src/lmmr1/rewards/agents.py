@@ -22,6 +22,7 @@ MAX_ACTIONS = 50  # LMM-R1 replays the first 50 actions of an answer ...
 MAX_ENV_STEPS = 120  # ... in an episode of at most 120 env steps
 FORMAT_WEIGHT = 0.5
 THINK_PER_WORD, THINK_CAP = 0.001, 0.2
+ACTION_FLOOR = -1.0  # the length penalty is quadratic: unclamped, one runaway answer would dominate a batch
 
 
 def think_words(completion: str) -> int:
@@ -43,22 +44,21 @@ def is_repetitive(actions: Sequence[str]) -> bool:
     answer on LMM-R1's levels contains such a run."""
     n = len(actions)
     for k in range(1, 5):
-        for start in range(n):
-            reps = 1
-            while start + (reps + 1) * k <= n and actions[start + reps * k:start + (reps + 1) * k] == actions[start:start + k]:
-                reps += 1
-            if reps >= 3 and reps * k >= 8:
+        need = max(3, -(-8 // k))  # repetitions that make it repetitive
+        for start in range(n - need * k + 1):
+            # stops at ``need``: linear in n (answers are untrusted and can hold 200,000 moves)
+            if all(actions[start + r * k:start + (r + 1) * k] == actions[start:start + k] for r in range(1, need)):
                 return True
     return False
 
 
 def action_bonus(actions: Sequence[str]) -> float:
-    """LMM-R1's answer-length shaping: 0.05·n below 20 moves, then 1 − 0.2·((n − 20)/30)²;
-    0 for a repetitive answer (see :func:`is_repetitive`) and for no moves."""
+    """LMM-R1's answer-length shaping: 0.05·n below 20 moves, then 1 − 0.2·((n − 20)/30)², never
+    below −1 (from ~115 moves on); 0 for a repetitive answer (see :func:`is_repetitive`) and for no moves."""
     n = len(actions)
     if n == 0 or is_repetitive(actions):
         return 0.0
-    return 0.05 * n if n < 20 else 1.0 - 0.2 * ((n - 20) / 30) ** 2
+    return 0.05 * n if n < 20 else max(ACTION_FLOOR, 1.0 - 0.2 * ((n - 20) / 30) ** 2)
 
 
 def best_prefix_return(rewards: Sequence[float]) -> float:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lmmr1.rewards import agents, builtin  # noqa: F401  (registers the built-in and agent rewards)
+from lmmr1.rewards import builtin  # noqa: F401  (registers the built-in rewards)
 from lmmr1.rewards.base import REGISTRY, RewardConfigError, RewardError, RowError, Sample, describe_row
 from lmmr1.rewards.custom import DEFAULT_TIMEOUT as CUSTOM_TIMEOUT
 from lmmr1.rewards.custom import CustomReward
