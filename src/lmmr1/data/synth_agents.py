@@ -137,6 +137,7 @@ def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: 
     in two splits.  The grid is written as the env's text observation writes it, so every turn of
     an episode reads alike.
     """
+    from lmmr1.data.synth import Problem
     from lmmr1.envs.render import render_sokoban
     from lmmr1.envs.sokoban import replay
     from lmmr1.envs.sokoban_gen import GenConfig, generate
