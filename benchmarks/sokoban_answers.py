@@ -6,11 +6,16 @@ RUN_DIR is a pipeline output holding data/sokoban_test_{text,image}.jsonl.  Why:
 can rise because a policy found a better *constant* move list rather than because it reads the
 level; one distinct answer over all levels says the model ignores its input (docs/results.md).
 """
-import sys, json, collections, torch
-torch.set_num_threads(1)
+import collections
+import sys
+
+import torch
+
 from lmmr1.data.benchmarks import load_benchmark
 from lmmr1.models import load_model
 from lmmr1.rollout import SamplingParams, sample
+
+torch.set_num_threads(1)
 root = sys.argv[1]
 for model in sys.argv[2:]:
     lm = load_model(model)

@@ -272,7 +272,7 @@ def test_episode_config_errors(tmp_path, tiny_vlm):
 def test_current_context_reads_like_a_first_prompt(loaded_vlm):
     cfg = EpisodeConfig(turns=3, context="current", observation_template="Grid:\n{observation}\nMove?")
     eb = play_episodes(loaded_vlm, [_row()], [[]], cfg, SamplingParams(n=1, max_new_tokens=4, seed=5))
-    ro, ep = eb.rollout, eb.episodes[0]
+    ro = eb.rollout
     proc = loaded_vlm.processor
     for r in range(1, ro.num_rows):  # turn r's prompt: the observation after turn r-1, as a fresh conversation
         text = ("Invalid action.\n" if not eb.valid[r - 1] else "") + "Grid:\n" + "\n".join(LEVEL).replace(" ", "_") + "\nMove?"
