@@ -140,6 +140,27 @@ def config_cmd(
     typer.echo(resolved_recipe(recipe, list(ctx.args)), nl=False)
 
 
+def _episode_options(items: list[str]) -> dict:
+    """``--episode KEY=VALUE`` items -> EpisodeConfig keyword arguments (values read as YAML scalars)."""
+    import dataclasses
+
+    import yaml
+
+    from lmmr1.trainer.config import EpisodeConfig
+
+    known = {f.name for f in dataclasses.fields(EpisodeConfig)}
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise LmmR1Error(f"--episode {item!r} must be KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        out[key] = yaml.safe_load(value) if key not in ("observation_template", "invalid_feedback") else value
+    turns = out.get("turns")
+    if out and (not isinstance(turns, int) or isinstance(turns, bool) or turns < 1):
+        raise LmmR1Error(f"--episode turns={turns!r}: give the most turns per episode, an integer >= 1")
+    return out
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[Path, typer.Option("--model", help="Local HF checkpoint directory.")],
@@ -157,6 +178,9 @@ def eval_cmd(
     dtype: Annotated[str, typer.Option(help="Parameter dtype, as model.dtype in training (auto = fp32).")] = "auto",
     compute_dtype: Annotated[str, typer.Option(help="Compute dtype, as model.compute_dtype in training "
                                                     "(auto = bf16 autocast on a bf16 GPU).")] = "auto",
+    episode: Annotated[list[str] | None, typer.Option(
+        "--episode", help="Play env suites turn by turn: KEY=VALUE of the episode: section, e.g. "
+                          "--episode turns=6 --episode context=current (repeatable).")] = None,
 ) -> None:
     """Evaluate a model on benchmark files (MathVista, MathVerse, MathVision, DynaMath, LMM-R1 JSONL)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -166,7 +190,8 @@ def eval_cmd(
     from lmmr1.eval import TRUNCATION_WARN_FRACTION, EvalConfig, evaluate, write_results
     from lmmr1.models import load_model
 
-    cfg = EvalConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    cfg = EvalConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                     episode=_episode_options(episode or []))
     for w in cfg.check():  # invalid values raise here, before any file or model is read
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     suites = {}

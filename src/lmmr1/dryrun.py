@@ -165,7 +165,7 @@ def check_config(cfg: Config, *, model: tuple[dict, Any] | None = None, label: s
         info, processor = model or _model(cfg)
         ready = [d for d in cfg.data if d.path not in pending]
         data = check_data(dataclasses.replace(cfg, data=ready), processor, info.get("context")) if ready else []
-        rewards = [] if cfg.type == "sft" else check_rewards(cfg)
+        rewards = [] if cfg.type == "sft" or cfg.episode.turns else check_rewards(cfg)  # episodes: the env pays
         status = check_output_dir(cfg.output_dir)
     except LmmR1Error as e:
         raise type(e)(f"{where}{e}") from None

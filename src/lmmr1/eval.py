@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class EvalConfig:
     batch_size: int = 16  # prompts per generation batch
     seed: int = 0
     samples_per_suite: int = 3  # completions kept in the results for reading
+    episode: dict[str, Any] = field(default_factory=dict)  # env suites played turn by turn: EpisodeConfig keys
 
     def check(self) -> list[str]:
         """Raise for values that cannot run; return warnings for values that run but mislead."""
@@ -84,6 +85,8 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
     truncated = 0
     kept = []
     env_suite = bool(ds.examples) and all(isinstance(e.fields.get("env"), dict) for e in ds.examples)
+    if env_suite and cfg.episode.get("turns"):  # multi-turn: play each row's episode (rollout/episodes.py)
+        return _episodes(lm, ds, cfg, t0)
     returns: list[float] = []
     for start in range(0, len(ds), cfg.batch_size):
         exs = ds.examples[start : start + cfg.batch_size]
@@ -130,6 +133,22 @@ def evaluate_suite(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, reward: 
     if env_suite:
         out["success_rate"] = out["accuracy"]
         out["mean_return"] = sum(returns) / len(returns)
+    return out
+
+
+def _episodes(lm: LoadedModel, ds: PromptDataset, cfg: EvalConfig, t0: float) -> dict[str, Any]:
+    from lmmr1.rollout.episodes import evaluate_episodes
+    from lmmr1.trainer.config import EpisodeConfig
+
+    try:
+        ep = EpisodeConfig(**cfg.episode)
+    except TypeError as e:
+        raise LmmR1Error(f"eval episode: {e} (keys: the episode: section of a training recipe)") from None
+    out = evaluate_episodes(lm, ds.examples, [e.images(ds.cfg.max_pixels) for e in ds.examples], ep,
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            batch_size=cfg.batch_size, seed=cfg.seed, keep=cfg.samples_per_suite)
+    out["by_datasource"] = {}
+    out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 

@@ -193,6 +193,12 @@ ESTIMATORS: dict[str, Callable] = {
 }
 GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "ema_grpo", "observe_grpo"}
 
+# Multi-turn episodes (algos/episodes.py): they need the trainer's TurnIndex (``turns=``).
+from lmmr1.algos.episodes import episode_grpo, gigpo, turn_discount  # noqa: E402
+
+ESTIMATORS.update({"episode_grpo": episode_grpo, "gigpo": gigpo, "turn_discount": turn_discount})
+EPISODE_ESTIMATORS = {"episode_grpo", "gigpo", "turn_discount"}
+
 
 def compute_advantages(name: str, scores, kl_rewards, mask, group_size, **kwargs):
     if name not in ESTIMATORS:

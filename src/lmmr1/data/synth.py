@@ -215,6 +215,7 @@ SUITES = {"arithmetic": arithmetic, "counting": counting, "geometry": geometry, 
 from lmmr1.data import synth_agents  # noqa: E402  (agent suites build on Problem above)
 
 SUITES.update(sokoban=synth_agents.sokoban, football=synth_agents.football)
+SUITES.update(sokoban_turns=synth_agents.sokoban_turns)  # multi-turn rows (rollout/episodes.py)
 
 
 def knob_names(suite: str) -> dict[str, Any]:

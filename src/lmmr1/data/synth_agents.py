@@ -116,3 +116,43 @@ def _draw_football(scenario: dict, px: int):
 
     return render_football([tuple(p) for p in scenario["attackers"]], 0, [tuple(p) for p in scenario["defenders"]],
                            tuple(scenario["keeper"]), px)
+
+
+# ---------------------------------------------------------------------------------- multi-turn
+TURN_FORMAT = "Give only your next move, one of Up, Down, Left, Right, inside <answer></answer>, e.g. <answer>Left</answer>."
+
+
+def sokoban_turn_text(grid: str) -> str:
+    """The multi-turn prompt, also used (as ``episode.observation_template``) for every later turn."""
+    return f"You are playing Sokoban. {SOKOBAN_RULES}\nThe level ({SOKOBAN_LEGEND}):\n{grid}\n{TURN_FORMAT}"
+
+
+def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20,
+                  mid_path: int = 1) -> Problem:
+    """Multi-turn Sokoban rows (issue 12, item 5): one move per answer, the env played turn by turn.
+
+    ``mid_path=1`` starts the row at a random state along the level's optimal solution (SFT then
+    sees the next optimal move from states an episode passes through); ``mid_path=0`` starts at
+    the level itself (held-out evaluation).  The split key is the level, so one level never lands
+    in two splits.  The grid is written as the env's text observation writes it, so every turn of
+    an episode reads alike.
+    """
+    from lmmr1.data.synth import Problem
+    from lmmr1.envs.render import render_sokoban
+    from lmmr1.envs.sokoban import replay
+    from lmmr1.envs.sokoban_gen import GenConfig, generate
+
+    cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
+    cfg.check_values()
+    g = generate(cfg, rng.getrandbits(31))
+    k = rng.randrange(len(g.solution)) if mid_path else 0
+    state = replay(g.level, g.solution[:k]).final
+    rest = g.solution[k:]
+    env = {"name": "sokoban", "level": state.to_xsb(), "optimal_moves": len(rest)}
+    return Problem(
+        key="sokoban_turns:" + "|".join(g.level.to_xsb()), question=sokoban_turn_text("\n".join(state.to_xsb(floor="_"))),
+        image_question=f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{TURN_FORMAT}",
+        answer=", ".join(rest), response=f"<answer>{rest[0]}</answer>",
+        draw=lambda px: render_sokoban(state, max(4, px // max(state.width, state.height))),
+        fields={"env": env},
+    )

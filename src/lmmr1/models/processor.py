@@ -274,6 +274,21 @@ class ChatProcessor:
             )
         return ids
 
+    def tokenize_segment(self, text: str, grid: torch.Tensor | None, n_images: int, name: str) -> list[int]:
+        """Token ids of one rendered piece of a conversation (e.g. a later turn's observation), its
+        image markers expanded once; multi-turn rollouts append these ids and never re-tokenise."""
+        return self._tokenize_row(text, grid, n_images, name)
+
+    def batch_from_ids(self, ids_rows: list[list[int]], pixel_values: torch.Tensor | None,
+                       image_grid_thw: torch.Tensor | None, images_per_row: list[int],
+                       texts: list[str]) -> PromptBatch:
+        """A left-padded batch from token ids already expanded (multi-turn contexts built from the
+        ids of earlier turns); ``pixel_values``/``image_grid_thw`` in the rows' image order."""
+        input_ids, attention_mask, mm = self._left_padded(ids_rows)
+        return PromptBatch(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm,
+                           pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                           images_per_row=list(images_per_row), texts=list(texts))
+
     def _left_padded(self, ids_rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, mm_token_type_ids), left-padded to the longest row."""
         n, length = len(ids_rows), max(len(r) for r in ids_rows)

@@ -6,6 +6,7 @@ A vLLM engine or a multi-turn environment loop only has to produce a :class:`Rol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -51,6 +52,7 @@ class Rollout:
     finish_reasons: list[str]  # "stop" (EOS or stop string) or "length"
     texts: list[str]  # decoded completions, special tokens removed
     temperature: float = 1.0
+    turns: Any = None  # multi-turn: the TurnIndex of each row (lmmr1.algos.episodes), None for single-turn
 
     @property
     def num_rows(self) -> int:

@@ -85,6 +85,24 @@ class RolloutConfig:
 
 
 @dataclass
+class EpisodeConfig:
+    """Multi-turn episodes (docs/agents.md, "Multi-turn episodes"): with ``turns >= 1`` every data row
+    must carry an ``env`` field and is played turn by turn; 0 keeps the single-turn rollout."""
+
+    turns: int = 0  # most actions per episode (0: single-turn, the row's prompt is answered once)
+    context: str = "full"  # full | last_k (the first prompt + the last ``last_k`` turns) | current (latest observation only)
+    last_k: int = 2
+    max_episode_tokens: int = 0  # action tokens per episode (0: no limit beyond turns x rollout.max_new_tokens)
+    max_images: int = 0  # images in one context (0: no limit)
+    max_context_tokens: int = 0  # tokens in one context (0: no limit)
+    invalid_reward: float = -0.1  # added to the step reward of an action the env rejects
+    feedback: bool = True  # tell the agent when its action was invalid (next observation)
+    invalid_feedback: str = "Invalid action."
+    observation_template: str = "{observation}"  # the user turn of each later observation ({observation}: its text)
+    gigpo_omega: float = 1.0  # GiGPO: A = A_episode + omega * A_step
+
+
+@dataclass
 class AlgoConfig:
     advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | gae | ema_grpo | observe_grpo
     ratio_level: str = "token"  # token (PPO/GRPO) | sequence (GSPO)
@@ -177,6 +195,7 @@ class Config:
     reward: list[RewardConfig] = field(default_factory=list)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -198,7 +217,8 @@ class Config:
             raise ConfigError(WANDB_MISSING)
         if self.type == "sft":
             return
-        if not self.reward:
+        multi_turn = _validate_episode(self)
+        if not self.reward and not multi_turn:
             raise ConfigError("reward: give at least one reward, e.g. [{name: accuracy}, {name: format}]")
         if err := ratio_pairing_error(self.algo.ratio_level, self.algo.loss_agg):
             raise ConfigError(err)
@@ -209,7 +229,7 @@ class Config:
             raise ConfigError(f"algo.advantage={self.algo.advantage} compares samples of a prompt: set rollout.n >= 2")
         rows = self.train.prompts_per_step * self.rollout.n
         mb = self.train.mini_batch_size or rows
-        if rows % mb:
+        if rows % mb and not multi_turn:
             raise ConfigError(f"train.mini_batch_size={mb} must divide the rollout batch of {rows} rows "
                               f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
 
@@ -230,7 +250,8 @@ def _validate_distributed(cfg: Config) -> None:
     if not d.enabled:
         return
     unsupported = [(cfg.type == "sft", "type=sft"), (cfg.model.lora_r > 0, "model.lora_r > 0 (LoRA)"),
-                   (cfg.algo.advantage == "gae", "algo.advantage=gae (a critic)")]
+                   (cfg.algo.advantage == "gae", "algo.advantage=gae (a critic)"),
+                   (cfg.episode.turns > 0, "episode.turns > 0 (multi-turn episodes)")]
     for bad, what in unsupported:
         if bad:
             raise ConfigError(f"{what} is not supported with distributed workers yet: set distributed.train_workers=1 "
@@ -245,6 +266,32 @@ def _validate_distributed(cfg: Config) -> None:
                               f"per train worker, but the {name} of {total} rows in micro-batches of "
                               f"{t.micro_batch_size} leaves one with {last or min(t.micro_batch_size, total)}; "
                               "change train.micro_batch_size")
+
+
+def _validate_episode(cfg: Config) -> bool:
+    """Multi-turn checks; True when the run is multi-turn (then the env pays the rewards and the
+    single-turn checks that follow do not apply)."""
+    from lmmr1.algos import EPISODE_ESTIMATORS
+
+    e, a = cfg.episode, cfg.algo
+    if not e.turns:
+        if a.advantage in EPISODE_ESTIMATORS:
+            raise ConfigError(f"algo.advantage={a.advantage} scores multi-turn episodes: set episode.turns >= 1 "
+                              "(and train on env rows)")
+        return False
+    if a.advantage not in EPISODE_ESTIMATORS:
+        raise ConfigError(f"episode.turns={e.turns} needs an episode estimator: algo.advantage must be one of "
+                          f"{', '.join(sorted(EPISODE_ESTIMATORS))} (got {a.advantage})")
+    if cfg.rollout.n < 2:
+        raise ConfigError(f"algo.advantage={a.advantage} compares the episodes of a row: set rollout.n >= 2")
+    if a.dynamic_sampling:
+        raise ConfigError("algo.dynamic_sampling is for single-turn rollouts; turn it off with episode.turns")
+    if cfg.reward:
+        raise ConfigError("episode.turns is set: the env pays the rewards, so leave reward: empty "
+                          "(episode.invalid_reward shapes invalid actions)")
+    if cfg.train.mini_batch_size:
+        raise ConfigError("train.mini_batch_size must be 0 with episode.turns (the number of turn rows varies)")
+    return True
 
 
 def _validate_lora(m: ModelConfig) -> None:
@@ -269,6 +316,7 @@ RATIO_LEVELS = ("token", "sequence")
 OLD_LOGPROBS = ("auto", "rollout", "recompute")
 ROLLOUT_ENGINES = ("hf",)
 TINY_SIZES = ("tiny", "small")
+EPISODE_CONTEXTS = ("full", "last_k", "current")
 
 
 def _bad(key: str, value: Any, need: str) -> ConfigError:
@@ -353,9 +401,20 @@ def check_values(cfg: Config) -> None:
         ("distributed.gpus_per_worker", cfg.distributed.gpus_per_worker, cfg.distributed.gpus_per_worker is None
          or cfg.distributed.gpus_per_worker >= 0, "must be >= 0 or null (auto)"),
         ("distributed.weight_sync_mb", cfg.distributed.weight_sync_mb, cfg.distributed.weight_sync_mb > 0, "must be > 0"),
+        ("episode.turns", cfg.episode.turns, cfg.episode.turns >= 0, "must be >= 0 (0: single-turn)"),
+        ("episode.context", cfg.episode.context, cfg.episode.context in EPISODE_CONTEXTS, ""),
+        ("episode.last_k", cfg.episode.last_k, cfg.episode.last_k >= 1,
+         "must be >= 1 (the last turn holds the current observation)"),
+        ("episode.max_episode_tokens", cfg.episode.max_episode_tokens, cfg.episode.max_episode_tokens >= 0,
+         "must be >= 0 (0: no limit)"),
+        ("episode.max_images", cfg.episode.max_images, cfg.episode.max_images >= 0, "must be >= 0 (0: no limit)"),
+        ("episode.max_context_tokens", cfg.episode.max_context_tokens, cfg.episode.max_context_tokens >= 0,
+         "must be >= 0 (0: no limit)"),
+        ("episode.gigpo_omega", cfg.episode.gigpo_omega, cfg.episode.gigpo_omega >= 0, "must be >= 0"),
     ]
     enums = {"algo.advantage": ESTIMATORS, "algo.loss_agg": AGG_MODES, "algo.kl_estimator": KL_ESTIMATORS,
-             "algo.ratio_level": RATIO_LEVELS, "rollout.engine": ROLLOUT_ENGINES, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}
+             "algo.ratio_level": RATIO_LEVELS, "rollout.engine": ROLLOUT_ENGINES, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES,
+             "episode.context": EPISODE_CONTEXTS}
     if r.engine == "vllm":  # named in the design, not built: say so instead of sampling with something else
         raise ConfigError("rollout.engine=vllm is not available in this build of lmmr1: no vLLM engine is "
                           "implemented yet (it could not be tested here; docs/benchmarks.md says what was tried). "

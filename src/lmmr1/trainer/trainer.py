@@ -44,6 +44,7 @@ from lmmr1.models.precision import needs_recompute, resolve_precision
 from lmmr1.models.sequence import completion_logprobs
 from lmmr1.rewards import RewardResult, RewardSpec, Sample, check_rewards
 from lmmr1.rollout import Rollout, SamplingParams
+from lmmr1.rollout.episodes import play_episodes
 from lmmr1.rollout.types import concat_rollouts
 from lmmr1.trainer import checkpoint as ckpt
 from lmmr1.trainer import rundir, sft
@@ -92,7 +93,7 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         _seed_everything(t.seed)
         # rewards before models: a broken reward file must fail in a second, not after the model loads
-        self.reward = None if cfg.type == "sft" else check_rewards([RewardSpec(**asdict(r)) for r in cfg.reward])
+        self.reward = None if cfg.type == "sft" or cfg.episode.turns else check_rewards([RewardSpec(**asdict(r)) for r in cfg.reward])
 
         # --- models: policy, reference only when a KL term is used, critic only for GAE
         m = cfg.model
@@ -221,6 +222,8 @@ class Trainer:
         """Rollout + rewards; with dynamic sampling, only groups with reward variance are kept."""
         a, t, n = self.cfg.algo, self.cfg.train, self.cfg.rollout.n
         want = t.prompts_per_step
+        if self.cfg.episode.turns:  # env rows played turn by turn: one row per turn (rollout/episodes.py)
+            return self._episode_round(want)
         if not a.dynamic_sampling:
             ro, examples, (samples, res) = self._rollout_round(want, 0)
             return ro, examples, samples, res, {}
@@ -245,6 +248,19 @@ class Trainer:
         ro = concat_rollouts([k[0] for k in kept], self.processor.pad_token_id)
         res = _concat_results([k[3] for k in kept])
         return ro, [e for k in kept for e in k[1]], [s for k in kept for s in k[2]], res, stats
+
+    def _episode_round(self, n_prompts: int) -> tuple[Rollout, list, list, Any, dict]:
+        picks = self.mixer.take(n_prompts)
+        examples = [self.datasets[d][i] for d, i in picks]
+        images = [ex.images(self.cfg.data[d].max_pixels) for (d, _), ex in zip(picks, examples, strict=True)]
+        r = self.cfg.rollout
+        params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, stop=list(r.stop),
+                                seed=_derived_seed(self.cfg.train.seed, self.step, "rollout", 0))
+        with self._amp():
+            eb = play_episodes(self.policy, examples, images, self.cfg.episode, params)
+        samples, res = eb.samples_and_rewards(examples)
+        return eb.rollout, examples, samples, res, eb.stats()
 
     # ------------------------------------------------------------------ log-probs
     def _logprobs(self, lm, ro: Rollout, rows: torch.Tensor, with_entropy: bool = False):
@@ -303,7 +319,8 @@ class Trainer:
                                            _derived_seed(t.seed, self.step, "papo")))
         batch.advantages, batch.returns = compute_advantages(a.advantage, scores, kl_rewards, mask, cfg.rollout.n,
                                                              values=batch.values, gamma=a.gamma, lam=a.lam, eps=a.eps,
-                                                             **self.variants.estimator_kwargs(batch))
+                                                             **self.variants.estimator_kwargs(batch),
+                                                             turns=ro.turns, omega=cfg.episode.gigpo_omega)
         extra.update(self.variants.after_advantages(batch))
 
         # 5. policy (and critic) updates: ppo_epochs x mini-batches, each accumulated over micro-batches
@@ -470,7 +487,7 @@ class Trainer:
         })
         if stats.value_loss:
             m["loss/value"] = stats.mean(stats.value_loss)
-        for k, v in self.reward.stats().items():
+        for k, v in (self.reward.stats() if self.reward is not None else {}).items():
             m[f"reward/{k}"] = v
         m.update({k: stats.mean(v) for k, v in stats.terms.items()})
         m.update(extra)
