@@ -58,6 +58,10 @@ def test_the_pipeline_recipe_uses_each_stages_reference_values(capsys):
     assert (mpr["optim"]["lr"], mpr["rollout"]["max_new_tokens"]) == (4e-7, 8192)
     assert fre["optim"]["betas"] == mpr["optim"]["betas"] == [0.9, 0.95]
     assert pipe["eval"]["system_prompt"] == "lmm_r1"  # evaluated with the prompt the models trained with
+    for stage in pipe["stages"]:  # the paper's 8 GPUs: 8 FSDP2 ranks and 8 samplers sharing them
+        d = stage["distributed"]
+        assert (d["train_workers"], d["rollout_workers"], d["gpus_per_worker"]) == (8, 8, 0.5)
+        assert stage["train"]["micro_batch_size"] % d["train_workers"] == 0  # every rank gets rows
 
 
 def test_every_deliberate_difference_is_documented():
