@@ -21,6 +21,10 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)  # stop strings (kept in the completion)
     seed: int | None = None
+    # memory budget: decode at most this many rows / KV-cache tokens (rows x (prompt + max_new_tokens))
+    # at a time; 0 = no limit.  Chunking never changes the samples (rows are seeded one by one).
+    max_rows_in_flight: int = 0
+    max_tokens_in_flight: int = 0
 
     def __post_init__(self):
         if self.n < 1:
@@ -31,6 +35,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_rows_in_flight < 0 or self.max_tokens_in_flight < 0:
+            raise ValueError("max_rows_in_flight and max_tokens_in_flight must be >= 0 (0 = no limit)")
 
 
 @dataclass

@@ -75,6 +75,10 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)
+    # memory budget of the sampler (0 = none): rows, and KV-cache tokens (rows x (prompt + max_new_tokens)),
+    # decoded at a time; the batch is worked through in chunks, with the same samples (docs/training.md)
+    max_rows_in_flight: int = 0
+    max_tokens_in_flight: int = 0
 
 
 @dataclass
@@ -135,6 +139,24 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Scale-out on Ray (docs/distributed.md); 1 and 1 (the default) trains in this process."""
+
+    train_workers: int = 1  # FSDP2 ranks sharding policy (and reference) model, one Ray actor each
+    rollout_workers: int = 1  # data-parallel sampler actors, weights streamed to them after each update
+    address: str | None = None  # an existing Ray cluster ("auto" or host:port); null: start a local one
+    cpus_per_worker: float = 1.0  # Ray logical CPUs per actor (fractions are fine)
+    gpus_per_worker: float | None = None  # null: 1 on a CUDA machine, 0 on CPU
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy for the policy: parameters, gradients, optimizer state on CPU
+    ref_offload: bool = False  # the reference model's shards live on CPU, moved to the GPU per layer
+    weight_sync_mb: float = 64.0  # bucket size of the per-tensor weight stream to rollout workers
+
+    @property
+    def enabled(self) -> bool:
+        return self.train_workers > 1 or self.rollout_workers > 1
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/lmmr1"  # metrics, samples, checkpoints, final model
     type: str = "rl"  # rl | sft (supervised fine-tuning on the data's response field)
@@ -145,6 +167,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
         from lmmr1.algos import GROUP_ESTIMATORS, ratio_pairing_error
@@ -157,6 +180,7 @@ class Config:
             raise ConfigError(_suggest("type", self.type, ("rl", "sft")))
         check_values(self)
         _validate_lora(self.model)
+        _validate_distributed(self)
         if self.train.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
         if self.type == "sft":
@@ -175,6 +199,29 @@ class Config:
         if rows % mb:
             raise ConfigError(f"train.mini_batch_size={mb} must divide the rollout batch of {rows} rows "
                               f"(prompts_per_step {self.train.prompts_per_step} x n {self.rollout.n})")
+
+
+def _validate_distributed(cfg: Config) -> None:
+    """What the distributed path does not run (yet), and batches it cannot split, in one line each."""
+    d, t = cfg.distributed, cfg.train
+    if not d.enabled:
+        return
+    unsupported = [(cfg.type == "sft", "type=sft"), (cfg.model.lora_r > 0, "model.lora_r > 0 (LoRA)"),
+                   (cfg.algo.advantage == "gae", "algo.advantage=gae (a critic)")]
+    for bad, what in unsupported:
+        if bad:
+            raise ConfigError(f"{what} is not supported with distributed workers yet: set distributed.train_workers=1 "
+                              "distributed.rollout_workers=1")
+    rows = t.prompts_per_step * cfg.rollout.n
+    mini = t.mini_batch_size or rows
+    # every rank must take part in every forward (FSDP collectives): each micro-batch needs >= one row per rank
+    for total, name in ((rows, "rollout batch"), (mini, "mini-batch")):
+        last = total % t.micro_batch_size
+        if min(t.micro_batch_size, total) < d.train_workers or 0 < last < d.train_workers:
+            raise ConfigError(f"distributed.train_workers={d.train_workers}: every micro-batch needs at least one row "
+                              f"per train worker, but the {name} of {total} rows in micro-batches of "
+                              f"{t.micro_batch_size} leaves one with {last or min(t.micro_batch_size, total)}; "
+                              "change train.micro_batch_size")
 
 
 def _validate_lora(m: ModelConfig) -> None:
@@ -225,6 +272,10 @@ def check_values(cfg: Config) -> None:
         ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "must be in (0, 1]"),
         ("rollout.top_k", r.top_k, r.top_k >= 0, "must be >= 0 (0 disables top-k)"),
         ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, "must be >= 1"),
+        ("rollout.max_rows_in_flight", r.max_rows_in_flight, r.max_rows_in_flight >= 0, "must be >= 0 (0: no limit)"),
+        ("rollout.max_tokens_in_flight", r.max_tokens_in_flight, r.max_tokens_in_flight == 0
+         or r.max_tokens_in_flight > r.max_new_tokens, "must be 0 (no limit) or more than rollout.max_new_tokens "
+         "(one row holds its prompt plus max_new_tokens cache positions)"),
         ("algo.advantage", a.advantage, a.advantage in ESTIMATORS, ""),
         ("algo.loss_agg", a.loss_agg, a.loss_agg in AGG_MODES, ""),
         ("algo.kl_estimator", a.kl_estimator, a.kl_estimator in KL_ESTIMATORS, ""),
@@ -264,6 +315,14 @@ def check_values(cfg: Config) -> None:
         ("train.log_samples", t.log_samples, t.log_samples >= 0, "must be >= 0"),
         ("train.max_nonfinite_steps", t.max_nonfinite_steps, t.max_nonfinite_steps >= 1, "must be >= 1"),
         ("train.num_threads", t.num_threads, t.num_threads >= 0, "must be >= 0 (0: torch's default)"),
+        ("distributed.train_workers", cfg.distributed.train_workers, cfg.distributed.train_workers >= 1, "must be >= 1"),
+        ("distributed.rollout_workers", cfg.distributed.rollout_workers, cfg.distributed.rollout_workers >= 1,
+         "must be >= 1"),
+        ("distributed.cpus_per_worker", cfg.distributed.cpus_per_worker, cfg.distributed.cpus_per_worker > 0,
+         "must be > 0 (fractions such as 0.5 are fine)"),
+        ("distributed.gpus_per_worker", cfg.distributed.gpus_per_worker, cfg.distributed.gpus_per_worker is None
+         or cfg.distributed.gpus_per_worker >= 0, "must be >= 0 or null (auto)"),
+        ("distributed.weight_sync_mb", cfg.distributed.weight_sync_mb, cfg.distributed.weight_sync_mb > 0, "must be > 0"),
     ]
     enums = {"algo.advantage": ESTIMATORS, "algo.loss_agg": AGG_MODES, "algo.kl_estimator": KL_ESTIMATORS,
              "algo.ratio_level": RATIO_LEVELS, "train.old_logprobs": OLD_LOGPROBS, "model.tiny": TINY_SIZES}

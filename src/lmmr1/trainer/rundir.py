@@ -29,7 +29,8 @@ from lmmr1.errors import LmmR1Error
 # Settings that do not change what a run computes: they may differ between invocations of one run.
 # A trailing * matches any key with that prefix (train.wandb*: wandb, wandb_project, wandb_entity, ...).
 NOT_RESULTS = ("output_dir", "train.resume", "train.num_threads", "train.tensorboard", "train.wandb*",
-               "train.save_every", "train.keep_checkpoints", "train.log_samples", "model.device")
+               "train.save_every", "train.keep_checkpoints", "train.log_samples", "model.device", "distributed*",
+               "rollout.max_rows_in_flight", "rollout.max_tokens_in_flight")
 # What a run leaves in its output_dir (train.resume=overwrite deletes exactly these).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "train.log", "tensorboard", "checkpoints", "final",
              "base_model")

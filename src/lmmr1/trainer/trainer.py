@@ -42,13 +42,14 @@ from lmmr1.errors import LmmR1Error
 from lmmr1.models import LoraOptions, load_model
 from lmmr1.models.sequence import completion_logprobs
 from lmmr1.rewards import RewardResult, RewardSpec, Sample, check_rewards
-from lmmr1.rollout import Rollout, SamplingParams, sample
+from lmmr1.rollout import Rollout, SamplingParams
 from lmmr1.rollout.types import concat_rollouts
 from lmmr1.trainer import checkpoint as ckpt
 from lmmr1.trainer import rundir, sft
 from lmmr1.trainer.batch import StepBatch, UpdateStats
 from lmmr1.trainer.config import Config, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
+from lmmr1.trainer.executor import make_executor
 from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
 
 
@@ -107,13 +108,15 @@ class Trainer:
         policy_path = m.path
         if self.resume_from is not None and lora is None:
             policy_path = str(self.resume_from / "model")  # exact weights of the checkpoint
+        distributed = cfg.distributed.enabled  # workers hold the models; the driver a CPU copy for checkpoints
         self.policy = load_model(policy_path, gradient_checkpointing=m.gradient_checkpointing,
-                                 freeze_vision=m.freeze_vision, lora=lora, **load_kw)
+                                 freeze_vision=m.freeze_vision, lora=lora,
+                                 **{**load_kw, "device": torch.device("cpu")} if distributed else load_kw)
         self.processor = self.policy.processor
         a = cfg.algo
         self.sft = cfg.type == "sft"
         self.use_ref = not self.sft and (a.kl_coef > 0 or a.kl_target is not None)
-        self.ref = load_model(m.path, **load_kw) if self.use_ref else None
+        self.ref = load_model(m.path, **load_kw) if self.use_ref and not distributed else None
         if self.ref is not None:
             self.ref.model.requires_grad_(False).eval()
         self.critic = Critic(load_model(m.path, **load_kw)) if a.advantage == "gae" and not self.sft else None
@@ -149,6 +152,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         if self.resume_from is not None:
             self._restore(self.resume_from)
+        self.executor = make_executor(self, policy_path)  # who runs the step's parts (trainer/executor.py)
 
     # ------------------------------------------------------------------ schedule
     def _lr_lambda(self, step: int) -> float:
@@ -182,9 +186,9 @@ class Trainer:
         r = self.cfg.rollout
         params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop),
-                                seed=_derived_seed(self.cfg.train.seed, self.step, "rollout", round_))
-        with self._amp():
-            ro = sample(self.policy, prompts, params)
+                                seed=_derived_seed(self.cfg.train.seed, self.step, "rollout", round_),
+                                max_rows_in_flight=r.max_rows_in_flight, max_tokens_in_flight=r.max_tokens_in_flight)
+        ro = self.executor.sample(prompts, params)
         lengths = ro.lengths.tolist()
         samples = []
         for row in range(ro.num_rows):  # what reward functions of every framework expect (rewards/base.py)
@@ -236,7 +240,8 @@ class Trainer:
     @torch.no_grad()
     def _forward_all(self, lm, ro: Rollout) -> torch.Tensor:
         rows = torch.arange(ro.num_rows, device=ro.completion_ids.device)
-        return torch.cat([self._logprobs(lm, ro, mb)[0] for mb in _chunks(rows, self.cfg.train.micro_batch_size)])
+        return torch.cat([self._logprobs(lm, ro, mb)[0]
+                          for mb in self._shard_rows(_chunks(rows, self.cfg.train.micro_batch_size))])
 
     @torch.no_grad()
     def _values_all(self, ro: Rollout) -> torch.Tensor:
@@ -268,11 +273,11 @@ class Trainer:
         # 3. old / reference log-probs and values (no grad)
         t1 = time.perf_counter()
         recompute = t.old_logprobs == "recompute" or (t.old_logprobs == "auto" and self.policy.dtype != torch.float32)
-        old_logp = self._forward_all(self.policy, ro) if recompute else ro.logprobs
-        ref_logp = self._forward_all(self.ref, ro) if self.ref is not None else None
+        old_logp = self.executor.logprobs("policy", ro) if recompute else ro.logprobs
+        ref_logp = self.executor.logprobs("ref", ro) if self.use_ref else None
         kl_tok = kl_estimate(old_logp, ref_logp, a.kl_estimator) * mask if ref_logp is not None else torch.zeros_like(mask)
         batch = StepBatch(ro, examples, samples, res, scores, old_logp, ref_logp, kl_tok,
-                          values=self._values_all(ro) if self.critic is not None else None)
+                          values=self.executor.values(ro) if self.critic is not None else None)
 
         # 4. advantages
         kl_rewards = -self.kl.value * kl_tok if (self.use_ref and a.kl_in_reward) else torch.zeros_like(mask)
@@ -294,9 +299,10 @@ class Trainer:
         for _epoch in range(t.ppo_epochs):
             order = torch.randperm(N, generator=gen) if (t.ppo_epochs > 1 or mb_size < N) else torch.arange(N)
             for mini in _chunks(order.to(mask.device), mb_size):
-                if self._update(batch, mini, stats, measure_gap=measure_gap):
+                if self.executor.update(batch, mini, stats, measure_gap=measure_gap):
                     measure_gap = False  # from now on a gap would measure the update, not a mismatch
         self._advance_schedule()
+        self.executor.after_update()  # distributed: new weights to the rollout workers
         self.kl.update(float(kl_tok.sum() / mask.sum().clamp(min=1)), N)
         t_update = time.perf_counter() - t1
         self.step += 1
@@ -320,7 +326,7 @@ class Trainer:
             self.critic_optimizer.zero_grad(set_to_none=True)
         policy_loss = value_loss_sum = 0.0  # sums over micro-batches = this mini-batch's losses
         finite = True
-        for micro in _chunks(mini, t.micro_batch_size):
+        for micro in self._shard_rows(_chunks(mini, t.micro_batch_size)):
             m = mask[micro]
             logp, ent = self._logprobs(self.policy, ro, micro, with_entropy=True)
             if measure_gap:  # before this step's first optimizer step: a pure rollout/train mismatch
@@ -329,7 +335,7 @@ class Trainer:
             ref = batch.ref_logp[micro] if batch.ref_logp is not None else None
             out = policy_objective(logp, batch.old_logp[micro], batch.advantages[micro], m, self.objective,
                                    ref_logp=ref, kl_coef=kl_coef, entropy=ent, **norm)
-            if not torch.isfinite(out.loss):
+            if not self._all_ranks_ok(bool(torch.isfinite(out.loss))):
                 finite = False
                 break
             out.loss.backward()
@@ -339,7 +345,7 @@ class Trainer:
             if self.critic is not None:
                 value_loss_sum += self._critic_backward(batch, micro, norm["num_tokens"])
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
-        gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm) if finite else torch.tensor(float("nan"))
+        gnorm = self._clip_grad_norm(params) if finite else torch.tensor(float("nan"))
         if not finite or not torch.isfinite(gnorm):
             self.optimizer.zero_grad(set_to_none=True)
             stats.skipped += 1
@@ -359,6 +365,17 @@ class Trainer:
             if torch.isfinite(vnorm):  # a non-finite value gradient must not poison the critic
                 self.critic_optimizer.step()
         return True
+
+    # Hooks for distributed/shard_trainer.py: one process runs every row and agrees with itself.
+    def _shard_rows(self, chunks):
+        """The rows of each micro-batch this process runs (all of them here)."""
+        return chunks
+
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        return ok
+
+    def _clip_grad_norm(self, params) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
 
     def _critic_backward(self, batch: StepBatch, micro: torch.Tensor, num_tokens: float) -> float:
         """Clipped value loss of one micro-batch (token mean over the mini-batch), back-propagated."""
@@ -530,6 +547,7 @@ class Trainer:
         self.console.print(f"resumed from {path} (step {self.step})")
 
     def save(self) -> Path:
+        self.executor.pull_state()  # distributed: the workers' weights and optimizer state into this process
         path = ckpt.checkpoint_dir(self.out, self.step)
         ckpt.save_checkpoint(path, self.policy.save_pretrained, self.state_dict(), self.cfg.train.keep_checkpoints)
         return path
@@ -630,6 +648,7 @@ class Trainer:
             raise
         finally:
             _restore_sigint(previous)
+            self.executor.close()
             logger.close()
             if self.reward is not None:
                 self.reward.close()

@@ -1,0 +1,134 @@
+"""The trainer's step parts, run by one rank of the FSDP2 process group.
+
+``ShardTrainer`` is a :class:`~lmmr1.trainer.trainer.Trainer` without a run directory, data or
+driver loop: it holds this rank's shards of the policy (and reference) model and its optimizer,
+and inherits the very methods the single process runs (``_update``, ``_forward_all``,
+``_logprobs`` ...), so there is one copy of the update maths.  It overrides only the four hooks
+that say which rows are this rank's and how ranks agree:
+
+- ``_shard_rows``: a micro-batch's rows are split into ``world`` contiguous parts
+  (``split_rows``), this rank runs its part (the driver reassembles in the same order);
+- ``_logprobs``: runs through the FSDP root (fsdp.ShardedCall) so the root unit is gathered;
+- ``_all_ranks_ok``: a non-finite loss on any rank skips the update on every rank;
+- ``_clip_grad_norm``: the global norm of sharded gradients, as a plain tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+from lmmr1.algos import KLController, ObjectiveSettings
+from lmmr1.distributed import fsdp
+from lmmr1.models import load_model
+from lmmr1.trainer.batch import StepBatch, UpdateStats
+from lmmr1.trainer.config import Config
+from lmmr1.trainer.trainer import Trainer
+
+
+def split_rows(rows: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s part of ``rows``: ``world`` contiguous, near-equal parts (earlier ranks one
+    longer); the driver concatenates the ranks' outputs in rank order to undo it."""
+    return torch.tensor_split(rows, world)[rank]
+
+
+class _Console:
+    """Warnings of a rank go to its log (Ray forwards worker stdout to the driver's terminal)."""
+
+    def print(self, *args, **kwargs) -> None:
+        print(*args, flush=True)
+
+
+class ShardTrainer(Trainer):
+    def __init__(self, cfg: Config, policy_path: str, rank: int, world: int):  # noqa: D107 (no super: see module doc)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        m, a, d = cfg.model, cfg.algo, cfg.distributed
+        self.device = torch.device("cuda", torch.cuda.current_device()) if (
+            m.device in ("auto", "cuda") and torch.cuda.is_available()) else torch.device("cpu")
+        self.autocast = self.device.type == "cuda" and m.dtype == "auto"
+        dtype = "float32" if m.dtype == "auto" else m.dtype
+        self.mesh = fsdp.device_mesh(world, self.device)
+        load_kw = dict(dtype=dtype, device=self.device, max_prompt_tokens=m.max_prompt_tokens)
+        self.policy = load_model(policy_path, gradient_checkpointing=m.gradient_checkpointing,
+                                 freeze_vision=m.freeze_vision, **load_kw)
+        self.root = fsdp.shard(self.policy, self.mesh, cpu_offload=d.cpu_offload)
+        self.sft = cfg.type == "sft"
+        self.use_ref = not self.sft and (a.kl_coef > 0 or a.kl_target is not None)
+        self.ref, self.ref_root = None, None
+        if self.use_ref:
+            self.ref = load_model(m.path, **load_kw)
+            self.ref.model.requires_grad_(False).eval()
+            self.ref_root = fsdp.shard(self.ref, self.mesh, cpu_offload=d.ref_offload or d.cpu_offload)
+        self.critic = self.critic_optimizer = None
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(fsdp.trainable(self.root), lr=o.lr, betas=tuple(o.betas),
+                                           weight_decay=o.weight_decay)
+        self.objective = ObjectiveSettings(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
+                                           ratio_level=a.ratio_level, loss_agg=a.loss_agg,
+                                           kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef)
+        self.kl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
+        self.console = _Console()
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+
+    # ------------------------------------------------------------ hooks of Trainer._update / _forward_all
+    def _shard_rows(self, chunks):
+        for rows in chunks:
+            yield split_rows(rows, self.rank, self.world)
+
+    def _logprobs(self, lm, ro, rows, with_entropy: bool = False):
+        root = self.root if lm is self.policy else self.ref_root
+        return root(super()._logprobs, lm, ro, rows, with_entropy)
+
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _clip_grad_norm(self, params) -> torch.Tensor:
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+        return fsdp._full(norm).detach().cpu()
+
+    # ------------------------------------------------------------ what the driver calls
+    def logprobs(self, which: str, ro) -> torch.Tensor:
+        return self._forward_all(self.policy if which == "policy" else self.ref, ro).cpu()
+
+    def update(self, batch: StepBatch, mini: torch.Tensor, measure_gap: bool, lr: float, kl_value: float,
+               step: int, nonfinite_in_a_row: int) -> tuple[bool, UpdateStats, int]:
+        """One optimizer step on rows ``mini`` (this rank runs its part of every micro-batch)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.kl = SimpleNamespace(value=kl_value)
+        self.step, self.nonfinite_in_a_row = step, nonfinite_in_a_row
+        stats = UpdateStats()
+        applied = self._update(batch, mini, stats, measure_gap=measure_gap)
+        return applied, stats, self.nonfinite_in_a_row
+
+    def full_tensors(self):
+        return fsdp.full_tensors(self.root)
+
+    def optimizer_state(self) -> dict:
+        return fsdp.gather_optimizer_state(self.root, self.optimizer)
+
+    def load_optimizer_state(self, state: dict) -> None:
+        fsdp.load_optimizer_state(self.root, self.optimizer, state)
+
+
+def merge_stats(into: UpdateStats, parts: list[UpdateStats]) -> None:
+    """One micro-batch's numbers from every rank → the single-process numbers: the loss sums
+    (each rank's part is normalised by the whole mini-batch); the gradient norm is global already;
+    clip fraction and entropy are per-micro-batch means over ranks (each rank's own token mean);
+    the log-prob gap is a max."""
+    first = parts[0]
+    into.grad_norm.extend(first.grad_norm)
+    into.policy_loss.extend(sum(p.policy_loss[i] for p in parts) for i in range(len(first.policy_loss)))
+    for key in ("clip_frac", "entropy"):
+        vals = [getattr(p, key) for p in parts]
+        getattr(into, key).extend(sum(v[i] for v in vals) / len(vals) for i in range(min(map(len, vals))))
+    into.skipped += first.skipped
+    gaps = [p.logprob_gap for p in parts if not math.isnan(p.logprob_gap)]
+    if gaps:
+        into.logprob_gap = max([into.logprob_gap, *gaps])

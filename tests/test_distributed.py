@@ -1,0 +1,155 @@
+"""Scale-out on Ray (2 FSDP2 train workers + 2 rollout workers, gloo on CPU) equals one process.
+
+One local Ray session is shared by the module (Ray start-up costs seconds); each run starts its own
+actors in it.  The runs are the smoke recipe for 3 steps (~1M-parameter model): the same tokens
+are sampled (rows are seeded one by one), the update is the single process's own code on each
+rank's rows with gradients summed, so the final weights agree to float rounding (< 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmmr1.errors import LmmR1Error
+from lmmr1.trainer import checkpoint as ckpt
+from lmmr1.trainer.config import ConfigError, load_config
+from lmmr1.trainer.trainer import Trainer
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+SMOKE = RECIPES / "smoke.yaml"
+TWO_BY_TWO = ["distributed.train_workers=2", "distributed.rollout_workers=2", "distributed.cpus_per_worker=0.5"]
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(out: Path, *overrides: str, recipe: Path | None = SMOKE) -> Path:
+    cfg = load_config(recipe, [f"output_dir={out}", "train.steps=3", "train.tensorboard=false", *overrides])
+    Trainer(cfg).train()
+    return out
+
+
+def max_diff(a: Path, b: Path) -> float:
+    wa, wb = load_file(a / "final/model.safetensors"), load_file(b / "final/model.safetensors")
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("single") / "run")
+
+
+@pytest.fixture(scope="module")
+def two_by_two(tmp_path_factory, ray_session):
+    return run(tmp_path_factory.mktemp("dist") / "run", *TWO_BY_TWO, "train.save_every=1")
+
+
+def test_two_train_and_two_rollout_workers_end_with_the_single_process_weights(single, two_by_two):
+    assert max_diff(single, two_by_two) < 1e-5
+    a, b = metrics(single), metrics(two_by_two)
+    # the same tokens were sampled (rewards and lengths are functions of the tokens alone)
+    assert [r["reward/mean"] for r in a] == [r["reward/mean"] for r in b]
+    assert [r["response_length/mean"] for r in a] == [r["response_length/mean"] for r in b]
+    assert [r["loss/policy"] for r in a] == pytest.approx([r["loss/policy"] for r in b], abs=1e-6)
+    # rollout workers (synced weights, unsharded) vs train workers (FSDP): the logged log-prob gap
+    assert all(r["logprob_gap/max"] < 1e-5 for r in b)
+    assert max_diff(single, single) == 0.0  # the comparison itself can see a difference
+
+
+def test_a_worker_that_dies_ends_the_run_in_one_line_and_the_run_resumes(tmp_path, two_by_two, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("LMMR1_KILL_WORKER", "train1@3")  # train worker 1 is SIGKILLed when step 3 starts
+    with pytest.raises(LmmR1Error) as e:
+        run(out, *TWO_BY_TWO, "train.save_every=1")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("train worker 1 died during step 3; last checkpoint ")
+    assert str(out / "checkpoints" / "step_000002") in msg and "rerun the same command to resume" in msg
+    monkeypatch.delenv("LMMR1_KILL_WORKER")
+    run(out, *TWO_BY_TWO, "train.save_every=1")  # the same command resumes from step 2
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    assert max_diff(two_by_two, out) == 0.0  # killed + resumed = uninterrupted, bit for bit
+
+
+def test_mixed_text_and_image_prompts_split_across_ranks(tmp_path, ray_session):
+    """Two prompts a step, one with an image and one without: each rank gets one prompt's rows, so
+    one rank never runs the vision tower; the FSDP collectives (vision weights are in the root unit,
+    unused-parameter gradients reduced as zeros) still match and the weights equal one process."""
+    rows = [json.loads(x) for x in (RECIPES / "data/smoke_text.jsonl").read_text().splitlines()[:1]]
+    rows += [json.loads(x) for x in (RECIPES / "data/smoke_image.jsonl").read_text().splitlines()[:1]]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [f"data=[{{path: {data}, system_prompt: none}}]", "train.prompts_per_step=2", "rollout.n=4",
+              "reward=[{name: target_fraction, kwargs: {target: e}}]",  # varies within a group: updates happen
+              "train.micro_batch_size=8", "train.steps=2"]
+    a = run(tmp_path / "single", *common)
+    b = run(tmp_path / "dist", *common, "distributed.train_workers=2", "distributed.cpus_per_worker=0.5")
+    wa, wb = load_file(a / "final/model.safetensors"), load_file(b / "final/model.safetensors")
+    w0 = load_file(a / "base_model/model.safetensors")
+    vision = [k for k in wa if "visual" in k]
+    assert vision and any(not torch.equal(wa[k], w0[k]) for k in vision)  # the image row trained the vision tower
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in vision) < 1e-5
+    # Elsewhere 1e-4: with lr 0.01 Adam divides each gradient by its own size, so a parameter whose true
+    # gradient is ~0 (attention key biases: softmax ignores a shift) moves by lr x its rounding noise.
+    assert max_diff(a, b) < 1e-4
+
+
+def test_driver_killed_with_sigkill_resumes_with_the_same_command(tmp_path, two_by_two):
+    """The driver dies (kill -9) before step 3; rerunning the command resumes from step 2 and ends with
+    the uninterrupted run's weights."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lmmr1.cli", "train", str(SMOKE), f"output_dir={out}", "train.steps=3",
+           "train.tensorboard=false", "train.save_every=1", *TWO_BY_TWO]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "LMMR1_KILL_AT_STEP": "3"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert [p.name for p in ckpt.complete_checkpoints(out)] == ["step_000001", "step_000002"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stderr
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    assert max_diff(two_by_two, out) == 0.0
+
+
+# ----------------------------------------------------------------------------- config (no Ray needed)
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["distributed.train_workers=0"], "distributed.train_workers=0 is out of range: must be >= 1"),
+    (["distributed.cpus_per_worker=0"], "distributed.cpus_per_worker=0.0 is out of range"),
+    (["distributed.train_workers=3", "train.micro_batch_size=2"], "every micro-batch needs at least one row per train"),
+    (["distributed.train_workers=2", "model.lora_r=4"], "model.lora_r > 0 (LoRA) is not supported with distributed"),
+    (["distributed.rollout_workers=2", "algo.advantage=gae"], "algo.advantage=gae (a critic) is not supported"),
+    (["rollout.max_tokens_in_flight=4"], "rollout.max_tokens_in_flight=4 is out of range"),
+    (["rollout.max_rows_in_flight=-1"], "rollout.max_rows_in_flight=-1 is out of range"),
+])
+def test_distributed_and_rollout_budget_settings_are_checked_in_one_line(tmp_path, overrides, message):
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=None) as e:
+        cfg.validate()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_and_one_worker_is_the_single_process_path(tmp_path):
+    from lmmr1.trainer.executor import LocalExecutor
+
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "distributed.train_workers=1",
+                              "distributed.rollout_workers=1", "train.steps=1"])
+    assert not cfg.distributed.enabled
+    assert isinstance(Trainer(cfg).executor, LocalExecutor)
