@@ -332,6 +332,8 @@ def test_missing_recipe_and_a_folder_as_recipe(tmp_path):
     ("data=[{prob: 0.5}]", "data[0].path is required"),
     ("optim.betas=0.9", "optim.betas=0.9 is out of range: must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
     ("data.0.max_pixels=0", "data[0].max_pixels=0 is out of range: must be >= 1 (or null)"),
+    ("model.freeze_vision=tower", "model.freeze_vision='tower' is out of range: choose from true (vision tower frozen), "
+     "false (trained), encoder (ViT frozen, merger trained)"),
     ("model.max_prompt_tokens=0", "model.max_prompt_tokens=0 is out of range: must be >= 1 (or null for no limit)"),
     ("algo.kl_target=-1", "algo.kl_target=-1.0 is out of range: must be > 0 or null"),
 ])

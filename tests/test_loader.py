@@ -91,6 +91,20 @@ def test_cli_prints_a_one_line_error_and_exits_2(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_freeze_vision_encoder_trains_only_the_merger(tiny_vlm, images):
+    lm = load_model(tiny_vlm, freeze_vision="encoder")
+    visual = lm.base.model.visual
+    assert all(p.requires_grad for p in visual.merger.parameters())
+    assert not any(p.requires_grad for n, p in visual.named_parameters() if not n.startswith("merger."))
+    batch = lm.processor([user("a", images[0])])
+    lm.model.train()
+    lp, _ = completion_logprobs(lm, batch, torch.tensor([0]), torch.tensor([[5, 6, 7]]), torch.ones(1, 3))
+    lp.sum().backward()
+    # the answer's gradient reaches the projector through the picture's tokens, not the ViT
+    assert visual.merger.mlp[0].weight.grad is not None and visual.merger.mlp[0].weight.grad.abs().sum() > 0
+    assert visual.patch_embed.proj.weight.grad is None
+
+
 def test_freeze_vision_and_gradient_checkpointing(tiny_vlm, images):
     ref = load_model(tiny_vlm)
     lm = load_model(tiny_vlm, freeze_vision=True, gradient_checkpointing=True)

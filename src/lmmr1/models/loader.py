@@ -329,7 +329,7 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     gradient_checkpointing: bool = False,
-    freeze_vision: bool = False,
+    freeze_vision: bool | str = False,
     lora: LoraOptions | None = None,
     max_prompt_tokens: int | None = None,
     attn_implementation: str = "sdpa",
@@ -395,7 +395,12 @@ def load_model(
     processor = ChatProcessor(tokenizer, image_processor, max_prompt_tokens=max_prompt_tokens)
 
     if freeze_vision and is_vlm:
+        # "encoder": the ViT stays frozen but the merger (the projector into the language model)
+        # trains, as in LLaVA-style tuning: the language model can reshape what it reads from the
+        # pictures without the random tiny tower collapsing to a constant (docs/results.md).
         model.model.visual.requires_grad_(False)
+        if freeze_vision == "encoder":
+            model.model.visual.merger.requires_grad_(True)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -35,7 +35,7 @@ class ModelConfig:
     compute_dtype: str = "auto"  # auto = bf16 autocast on a bf16-capable GPU with fp32 weights, else the param dtype
     device: str = "auto"  # auto = cuda if available, else cpu
     gradient_checkpointing: bool = False
-    freeze_vision: bool = False
+    freeze_vision: bool | str = False  # true: whole vision tower; encoder: ViT frozen, merger trained
     lora_r: int = 0  # > 0 enables LoRA on the language model
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -335,6 +335,8 @@ def check_values(cfg: Config) -> None:
     m, r, a, o, t = cfg.model, cfg.rollout, cfg.algo, cfg.optim, cfg.train
     rules: list[tuple[str, Any, bool, str]] = [  # (key, value, ok, requirement)
         ("model.tiny", m.tiny, m.tiny is None or m.tiny in TINY_SIZES, f"choose from {', '.join(TINY_SIZES)}"),
+        ("model.freeze_vision", m.freeze_vision, m.freeze_vision in (True, False, "encoder"),
+         "choose from true (vision tower frozen), false (trained), encoder (ViT frozen, merger trained)"),
         ("model.max_prompt_tokens", m.max_prompt_tokens, m.max_prompt_tokens is None or m.max_prompt_tokens >= 1,
          "must be >= 1 (or null for no limit)"),
         ("rollout.n", r.n, r.n >= 1, "must be >= 1"),
