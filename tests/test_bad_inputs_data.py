@@ -252,7 +252,7 @@ def config_error(*overrides: str) -> str:
     ("algo.lam=-0.1", "algo.lam=-0.1 is out of range: must be in [0, 1]"),
     ("algo.kl_coef=-0.001", "algo.kl_coef=-0.001 is out of range: must be >= 0"),
     ("algo.advantage=grpoo", "algo.advantage='grpoo' is not valid; did you mean 'grpo'? (choose from grpo, dr_grpo, "
-                             "rloo, reinforce_pp, reinforce_pp_baseline, gae, ema_grpo, observe_grpo)"),
+                             "rloo, reinforce_pp, reinforce_pp_baseline, gae, ema_grpo, observe_grpo, episode_grpo, gigpo, turn_discount)"),
     ("algo.loss_agg=token_sum", "algo.loss_agg='token_sum' is not valid; did you mean 'token_mean'? (choose from "
                                 "token_mean, seq_mean_token_mean, seq_mean_token_sum_norm)"),
     ("algo.kl_estimator=k4", "algo.kl_estimator='k4' is not valid (choose from k1, k2, k3)"),
