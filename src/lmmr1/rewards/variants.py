@@ -8,14 +8,13 @@ prompt (the trainer writes a prompt's n samples next to each other).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
 
 from lmmr1.rewards.answer import choice_letter, format_ok, last_answer_block, normalize_text, too_long
 from lmmr1.rewards.base import RowError, Sample, Verdict, is_blank, register
-from lmmr1.rewards.builtin import AccuracyReward
+from lmmr1.rewards.builtin import AccuracyReward, _choices
 
 _OBSERVE_TAGS = ("<observe>", "</observe>", "<think>", "</think>", "<answer>", "</answer>")
 
@@ -153,14 +152,10 @@ class JigsawReward:
 
 # ------------------------------------------------------------------------------ ACRE: answer consistency
 def mc_choices(fields: dict) -> list[str] | None:
-    """A multiple-choice row's options (``choices``: a list, or a JSON list as text), else None."""
-    ch = fields.get("choices")
-    if isinstance(ch, str):
-        try:
-            ch = json.loads(ch)
-        except json.JSONDecodeError:
-            return None
-    return [str(c) for c in ch] if isinstance(ch, (list, tuple)) and len(ch) >= 2 else None
+    """A multiple-choice row's options (``choices``: a list, or a JSON list as text), else None; one
+    option is no choice, so re-asking with it shuffled would test nothing."""
+    ch = _choices(fields)
+    return ch if ch is not None and len(ch) >= 2 else None
 
 
 def _option_index(text: str | None, choices: list[str]) -> int | None:
