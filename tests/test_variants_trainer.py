@@ -11,17 +11,14 @@ from safetensors.torch import load_file
 
 from lmmr1.trainer.config import ConfigError, load_config
 from lmmr1.trainer.trainer import Trainer
+from tests.test_resume import cli_args
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def args(run: Path, tiny_vlm: Path, *extra: str) -> list[str]:
-    return [f"output_dir={run}", f"model.path={tiny_vlm}",
-            f"data=[{{path: {RECIPES / 'data/smoke_text.jsonl'}, system_prompt: none}}, "
-            f"{{path: {RECIPES / 'data/smoke_image.jsonl'}, system_prompt: none}}]",
-            "reward=[{name: target_fraction, kwargs: {target: e}}]", "rollout.n=4", "rollout.max_new_tokens=6",
-            "train.prompts_per_step=4", "train.micro_batch_size=8", "train.tensorboard=false",
-            "train.num_threads=1", "optim.lr=0.01", "optim.min_lr_ratio=1.0", *extra]
+    """The resume tests' short mixed text/image run, at a constant lr (the variants' terms compared step by step)."""
+    return cli_args(run, tiny_vlm, "optim.min_lr_ratio=1.0", *extra)
 
 
 def metrics(run: Path) -> list[dict]:
