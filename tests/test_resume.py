@@ -236,6 +236,30 @@ def test_second_sigint_stops_at_once_without_saving_and_says_so(tmp_path, tiny_v
     assert not (run / "final").exists()
 
 
+@pytest.mark.parametrize("gap", [0.4, 1.5])
+def test_second_sigint_at_any_moment_of_the_stop_exits_130_without_a_traceback(tmp_path, tiny_vlm, gap):
+    """The second Ctrl-C may land while the step finishes, while the checkpoint is written, while
+    logs close or while the interpreter exits: every case is exit 130, one stop line, no traceback."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(lmmr1_train(run, tiny_vlm, "train.steps=40", "train.save_every=0"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130 and "Traceback" not in stderr, (proc.returncode, stderr[-2000:])
+    stops = [ln for ln in stderr.splitlines()
+             if ln.startswith(("interrupted after step ", "stopped without saving at step "))]
+    assert len(stops) == 1 and stops[0].endswith("train.resume=auto"), stderr[-2000:]
+    assert not (run / "final").exists()
+
+
 # ----------------------------------------------------------------------------- another recipe's run
 def test_train_into_another_recipes_run_is_refused_and_leaves_it_untouched(tmp_path, tiny_vlm):
     run = tmp_path / "run"

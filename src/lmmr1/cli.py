@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -121,11 +122,17 @@ def train_cmd(
             typer.echo(line)
         typer.echo("dry run: everything checked; no weights were loaded and nothing was written")
         return
-    if is_pipeline(recipe):
-        run_pipeline(recipe, list(ctx.args), console)
-        return
-    cfg = load_config(recipe, list(ctx.args))
-    train(cfg, console)
+    try:
+        if is_pipeline(recipe):
+            run_pipeline(recipe, list(ctx.args), console)
+            return
+        cfg = load_config(recipe, list(ctx.args))
+        train(cfg, console)
+    except KeyboardInterrupt:
+        # The run has already said how it stopped and how to resume; a late second Ctrl-C while the
+        # interpreter exits must not turn that clean exit 130 into a death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise typer.Exit(130) from None
 
 
 @app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

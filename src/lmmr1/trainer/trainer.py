@@ -659,9 +659,11 @@ class Trainer:
         die_at = int(os.environ.get("LMMR1_KILL_AT_STEP", "0"))  # tests: SIGKILL before this step starts
         progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
-        interrupted = {"asked": False, "told": False}
+        interrupted = {"asked": False, "told": False, "closing": False}
 
         def on_sigint(signum, frame):
+            if interrupted["closing"]:  # already stopping: let the metrics, logs and workers close cleanly
+                return
             if interrupted["asked"]:
                 raise KeyboardInterrupt
             interrupted["asked"] = True
@@ -708,13 +710,16 @@ class Trainer:
             self.console.log_only(f"error: {e}")  # the command line prints it; train.log keeps it too
             raise
         finally:
-            _restore_sigint(previous)
-            self.executor.close()
-            logger.close()
-            if self.reward is not None:
-                self.reward.close()
-            if sys.exc_info()[0] is not None:  # failed or interrupted: train.log is complete now
-                self.console.close()
+            interrupted["closing"] = True
+            try:
+                self.executor.close()
+                logger.close()
+                if self.reward is not None:
+                    self.reward.close()
+                if sys.exc_info()[0] is not None:  # failed or interrupted: train.log is complete now
+                    self.console.close()
+            finally:
+                _restore_sigint(previous)
         self.console.print(f"done: {self.step} steps; final model in {self.out / 'final'}", highlight=False)
         self.console.close()
         return last
