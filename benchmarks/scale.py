@@ -59,14 +59,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--layouts", default="1x1,2x2", help="train_workers x rollout_workers, comma-separated")
     ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every layout")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of every process (the driver and each worker): train.num_threads")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     results = []
     for lay in a.layouts.split(","):
         w, m = (int(x) for x in lay.split("x"))
-        results.append(run_layout(a.recipe, tmp / lay, a.steps, w, m, a.extra))
+        results.append(run_layout(a.recipe, tmp / lay, a.steps, w, m, [f"train.num_threads={a.threads}", *a.extra]))
     base = results[0]
-    print(f"{Path(a.recipe).name}, {a.steps} steps (means over steps 2..{a.steps})")
+    print(f"{Path(a.recipe).name}, {a.steps} steps (means over steps 2..{a.steps}), "
+          f"{a.threads} torch thread(s) per process, {os.cpu_count()} cores")
     print("| layout | s/step | rollout s/step | overhead/step s | tokens/s | command wall s | "
           "max |w - w_first| |")
     print("|---|---|---|---|---|---|---|")
