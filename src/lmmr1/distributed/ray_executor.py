@@ -22,6 +22,7 @@ blocked in a collective, are killed with the Ray session.
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 
@@ -32,6 +33,28 @@ from lmmr1.trainer import checkpoint as ckpt
 
 RAY_MISSING = ("distributed runs need Ray: pip install 'lmmr1[ray]' (or set distributed.train_workers=1 "
                "distributed.rollout_workers=1 to train in this process)")
+
+
+def _connect(ray, address: str, timeout_s: float = 10.0) -> None:
+    """Join an existing Ray cluster or fail in one line: Ray itself retries an unreachable address
+    for minutes (a typo in the port looked like a hang), and reports a missing ``auto`` cluster
+    with a traceback."""
+    target = address.split("://", 1)[-1]
+    if address != "auto":
+        host, _, port = target.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                pass
+        except (OSError, ValueError) as e:
+            raise LmmR1Error(f"distributed.address={address}: no Ray cluster answers at {target} "
+                             f"({e.strerror if isinstance(e, OSError) and e.strerror else e}); start one with "
+                             "`ray start --head` there, or leave distributed.address empty for a local one") from None
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except Exception as e:  # ConnectionError (no cluster), RuntimeError/ValueError (a version or protocol mismatch)
+        why = str(e).strip().splitlines()
+        raise LmmR1Error(f"distributed.address={address}: could not join the Ray cluster "
+                         f"({why[0] if why else type(e).__name__})") from None
 
 
 class RayExecutor:
@@ -49,7 +72,7 @@ class RayExecutor:
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
             if d.address:
-                ray.init(address=d.address, log_to_driver=True)
+                _connect(ray, d.address)
             else:  # a local cluster: logical CPUs for every worker even on a 2-core machine
                 ray.init(num_cpus=max(os.cpu_count() or 1, (W + M) * d.cpus_per_worker),
                          include_dashboard=False, log_to_driver=True)

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,6 +324,10 @@ def _bad(key: str, value: Any, need: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is out of range: {need}")
 
 
+# an existing Ray cluster: "auto" (the one `ray start` recorded on this node), its GCS HOST:PORT, or a Ray Client URL
+RAY_ADDRESS = r"auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5}"
+
+
 def check_values(cfg: Config) -> None:
     """Range and enum checks, one line naming the dotted key and the bad value.
 
@@ -398,6 +403,9 @@ def check_values(cfg: Config) -> None:
         ("distributed.train_workers", cfg.distributed.train_workers, cfg.distributed.train_workers >= 1, "must be >= 1"),
         ("distributed.rollout_workers", cfg.distributed.rollout_workers, cfg.distributed.rollout_workers >= 1,
          "must be >= 1"),
+        ("distributed.address", cfg.distributed.address, cfg.distributed.address is None
+         or bool(re.fullmatch(RAY_ADDRESS, str(cfg.distributed.address))),
+         "must be null (a local Ray session), auto, HOST:PORT or ray://HOST:PORT"),
         ("distributed.cpus_per_worker", cfg.distributed.cpus_per_worker, cfg.distributed.cpus_per_worker > 0,
          "must be > 0 (fractions such as 0.5 are fine)"),
         ("distributed.gpus_per_worker", cfg.distributed.gpus_per_worker, cfg.distributed.gpus_per_worker is None
@@ -561,7 +569,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            why = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({why}); quote it, e.g. "
+                              f"{key}='{raw}'") from None
         parts = key.strip().split(".")
         node: Any = data
         for j, part in enumerate(parts):
