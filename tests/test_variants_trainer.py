@@ -71,9 +71,37 @@ def test_ema_moments_are_checkpointed_and_resume_exactly(tmp_path, tiny_vlm):
     assert "ema/sigma/smoke_text" in metrics(tmp_path / "b")[-1]
 
 
+TWO_REWARDS = "reward=[{name: target_fraction, kwargs: {target: e}}, {name: format}]"
+
+
+@pytest.mark.parametrize("rewards, extra, expected", [
+    (None, [], "target_fraction"),  # the recipe's only reward is its notion of "right"
+    (TWO_REWARDS, [], None),
+    (TWO_REWARDS, ["algo.correct_reward=format"], "format"),
+    ("reward=[{name: format}, {name: accuracy}, {name: accuracy_strict, weight: 0}]", [], "accuracy_strict"),
+    ("reward=[{name: format}, {name: accuracy}]", [], "accuracy"),
+    ("reward=[{name: accuracy}]", ["algo.correct_reward=accuracy"], "accuracy"),
+])
+def test_the_correctness_reward_is_resolved_in_a_stated_order(tmp_path, tiny_vlm, rewards, extra, expected):
+    from lmmr1.trainer.config import correctness_reward
+
+    cfg = load_config(RECIPES / "smoke.yaml", args(tmp_path / "run", tiny_vlm, *extra) + ([rewards] if rewards else []))
+    assert correctness_reward(cfg) == expected
+
+
+def test_observe_grpo_on_a_one_reward_recipe_reads_that_reward(tmp_path, tiny_vlm):
+    """`lmmr1 train recipes/smoke.yaml algo.advantage=observe_grpo` runs: "right" = target_fraction >= 0.5."""
+    t = Trainer(load_config(RECIPES / "smoke.yaml", args(tmp_path / "run", tiny_vlm, "train.steps=1",
+                                                         "algo.advantage=observe_grpo")))
+    assert t.variants.correct_reward == "target_fraction"
+    t.train()
+    assert metrics(tmp_path / "run")[0]["observe/group_acc_mean"] == 0.0  # no completion of a random model is half 'e'
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["algo.advantage=observe_grpo"], "observe_grpo uses each group's accuracy"),
-    (["algo.dads=true"], "algo.dads=true uses each group's accuracy"),
+    (["algo.advantage=observe_grpo", TWO_REWARDS], "observe_grpo uses each group's accuracy, and this recipe has 2 "
+                                                   "rewards, none of them 'accuracy'"),
+    (["algo.dads=true", TWO_REWARDS], "algo.dads=true uses each group's accuracy"),
     (["algo.dads=true", "algo.correct_reward=target_fraction"], "set algo.kl_coef > 0"),
     (["algo.dads=true", "algo.correct_reward=target_fraction", "algo.kl_coef=0.01", "algo.kl_in_reward=true"],
      "algo.kl_in_reward=false"),

@@ -455,6 +455,19 @@ def check_values(cfg: Config) -> None:
 CORRECTNESS_REWARDS = ("accuracy", "accuracy_strict")
 
 
+def correctness_reward(cfg: Config) -> str | None:
+    """The reward whose value >= 0.5 means "right" for observe_grpo / DADS / STCR: ``algo.correct_reward``,
+    else ``accuracy_strict``, else ``accuracy``; a recipe with a single reward uses that one (its only
+    notion of success); None when none of these applies."""
+    names = [r.name for r in cfg.reward if r.name]
+    if cfg.algo.correct_reward is not None:
+        return cfg.algo.correct_reward
+    for name in reversed(CORRECTNESS_REWARDS):
+        if name in names:
+            return name
+    return names[0] if len(cfg.reward) == 1 and names else None
+
+
 def check_variant_combinations(cfg: Config) -> None:
     """The neighbouring papers' options (algo.dads/stcr/papo_*, ema_grpo, observe_grpo) need
     things the rest of the recipe must provide; a missing one would silently train plain GRPO."""
@@ -469,10 +482,11 @@ def check_variant_combinations(cfg: Config) -> None:
     if a.correct_reward is not None and a.correct_reward not in names:
         raise ConfigError(f"algo.correct_reward={a.correct_reward!r} is not one of this recipe's rewards "
                           f"({', '.join(sorted(names)) or 'none named'})")
-    if needs_correct and a.correct_reward is None and not names & set(CORRECTNESS_REWARDS):
-        raise ConfigError(f"{needs_correct[0]} uses each group's accuracy: add the reward 'accuracy' "
-                          "(or 'accuracy_strict') to reward: (weight 0 to use it only as a signal), or name the "
-                          "reward that says 'right' with algo.correct_reward")
+    if needs_correct and correctness_reward(cfg) is None:
+        raise ConfigError(f"{needs_correct[0]} uses each group's accuracy, and this recipe has {len(cfg.reward)} "
+                          "rewards, none of them 'accuracy': add the reward 'accuracy' (or 'accuracy_strict') to "
+                          "reward: (weight 0 to use it only as a signal), or name the reward that says 'right' "
+                          "with algo.correct_reward")
     for key, on in (("algo.dads", a.dads), ("algo.stcr", a.stcr)):
         if on and a.advantage not in GROUP_ESTIMATORS:
             raise ConfigError(f"{key}=true works on groups of samples: use a group estimator "

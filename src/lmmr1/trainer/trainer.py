@@ -49,7 +49,7 @@ from lmmr1.rollout.types import concat_rollouts
 from lmmr1.trainer import checkpoint as ckpt
 from lmmr1.trainer import rundir, sft
 from lmmr1.trainer.batch import StepBatch, UpdateStats
-from lmmr1.trainer.config import Config, dump_config, to_dict
+from lmmr1.trainer.config import Config, correctness_reward, dump_config, to_dict
 from lmmr1.trainer.critic import Critic
 from lmmr1.trainer.executor import make_executor
 from lmmr1.trainer.logging import RL_LEGEND, SFT_LEGEND, MetricsLogger, TeeConsole
@@ -165,7 +165,8 @@ class Trainer:
         self.update_probe = UpdateProbe(params, seed=t.seed) if self.precision.param != torch.float32 else None
         self.unchanged_frac: float | None = None
         self._rounding_warned = False
-        self.variants = VariantHooks(a, cfg.rollout.n, self.processor)  # EMA-GRPO, Observe-R1, APO, PAPO
+        # EMA-GRPO, Observe-R1, APO, PAPO
+        self.variants = VariantHooks(a, cfg.rollout.n, self.processor, correctness_reward(cfg))
         self.step = 0
         self.nonfinite_in_a_row = 0
         if self.resume_from is not None:

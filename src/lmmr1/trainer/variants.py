@@ -32,8 +32,9 @@ def correctness(components: dict[str, list[float | None]], name: str | None = No
 
 
 class VariantHooks:
-    def __init__(self, algo: AlgoConfig, group_size: int, processor: Any):
+    def __init__(self, algo: AlgoConfig, group_size: int, processor: Any, correct_reward: str | None = None):
         self.a, self.n = algo, group_size
+        self.correct_reward = correct_reward or algo.correct_reward  # config.correctness_reward(cfg)
         self.moments = TaskMoments()
         if algo.papo_coef > 0 and getattr(processor, "image_processor", None) is not None:
             ip = processor.image_processor
@@ -83,7 +84,7 @@ class VariantHooks:
         if self.a.advantage == "ema_grpo":
             kw["tasks"] = [str(s.fields.get("datasource", "")) for s in batch.samples]
             kw["moments"] = self.moments
-        correct = correctness(batch.rewards.components, self.a.correct_reward)
+        correct = correctness(batch.rewards.components, self.correct_reward)
         if correct is not None:
             kw["correct"] = correct.to(batch.mask.device)
         return kw
@@ -97,7 +98,7 @@ class VariantHooks:
                 m[f"ema/sigma/{task or 'default'}"] = self.moments.sigma(task)
         if not (self.a.stcr or self.a.dads or self.a.advantage == "observe_grpo"):
             return m
-        correct = correctness(batch.rewards.components, self.a.correct_reward).to(batch.mask.device)
+        correct = correctness(batch.rewards.components, self.correct_reward).to(batch.mask.device)
         if self.a.advantage == "observe_grpo":
             p = correct.view(-1, self.n).mean(-1)
             m["observe/group_acc_mean"] = float(p.mean())
