@@ -43,8 +43,9 @@ def device_mesh(world_size: int, device: torch.device):
     return init_device_mesh("cuda" if device.type == "cuda" else "cpu", (world_size,))
 
 
-def shard(lm: LoadedModel, mesh, *, cpu_offload: bool = False) -> ShardedCall:
-    """Wrap ``lm.model`` in place: one FSDP unit per text decoder layer, the rest in the root unit.
+def shard(lm: LoadedModel, mesh, *, cpu_offload: bool = False, module: nn.Module | None = None) -> ShardedCall:
+    """Wrap ``lm.model`` (or ``module``, a module holding ``lm``'s layers, e.g. the critic with its
+    value head) in place: one FSDP unit per text decoder layer, the rest in the root unit.
 
     ``cpu_offload`` (FSDP2 CPUOffloadPolicy: shards, gradients and optimizer step in pinned CPU
     memory) only means something when the model runs on a GPU; on CPU it is a no-op.
@@ -54,7 +55,7 @@ def shard(lm: LoadedModel, mesh, *, cpu_offload: bool = False) -> ShardedCall:
     offload = CPUOffloadPolicy() if cpu_offload and lm.device.type == "cuda" else OffloadPolicy()
     for layer in lm.language_model.layers:
         fully_shard(layer, mesh=mesh, offload_policy=offload)
-    root = ShardedCall(lm.model)
+    root = ShardedCall(lm.model if module is None else module)
     fully_shard(root, mesh=mesh, offload_policy=offload)
     from torch.distributed.fsdp import FSDPModule
 

@@ -88,12 +88,17 @@ class RayExecutor:
         self.train_names = [f"train worker {r}" for r in range(W)]
         self.rollout_names = [f"rollout worker {i}" for i in range(M)]
         addr = self._wait([self.train[0].address.remote()], self.train_names[:1])[0]
-        self._wait([w.setup.remote(addr) for w in self.train], self.train_names)
+        # the critic starts from the driver's weights (fresh, or restored from the checkpoint)
+        critic = ray.put(trainer.critic.state_dict()) if trainer.critic is not None else None
+        self._wait([w.setup.remote(addr, critic) for w in self.train], self.train_names)
         self._wait([w.pid.remote() for w in self.rollout], self.rollout_names)
         self._batch = (None, None)  # (StepBatch, its object ref): put once per step, not per mini-batch
         if trainer.resume_from is not None:  # the driver restored the checkpoint's optimizer state
             state = trainer.optimizer.state_dict()
             self._wait([w.load_optimizer_state.remote(state) for w in self.train], self.train_names)
+            if trainer.critic_optimizer is not None:
+                state = trainer.critic_optimizer.state_dict()
+                self._wait([w.load_optimizer_state.remote(state, "critic") for w in self.train], self.train_names)
 
     # ------------------------------------------------------------------ the parts of a step
     def sample(self, prompts, params) -> Rollout:
@@ -109,10 +114,19 @@ class RayExecutor:
                        temperature=1.0 if params.temperature == 0 else params.temperature)
 
     def logprobs(self, which: str, ro: Rollout) -> torch.Tensor:
+        ref = self.ray.put(ro)
+        return self._in_row_order(ro, self._wait([w.logprobs.remote(which, ref, self.t.step) for w in self.train],
+                                                 self.train_names))
+
+    def values(self, ro: Rollout) -> torch.Tensor:
+        ref = self.ray.put(ro)
+        return self._in_row_order(ro, self._wait([w.values.remote(ref, self.t.step) for w in self.train],
+                                                 self.train_names))
+
+    def _in_row_order(self, ro: Rollout, outs: list[torch.Tensor]) -> torch.Tensor:
+        """The ranks' parts of every micro-batch (shard_trainer.split_rows), back in row order."""
         from lmmr1.distributed.shard_trainer import split_rows
 
-        ref = self.ray.put(ro)
-        outs = self._wait([w.logprobs.remote(which, ref, self.t.step) for w in self.train], self.train_names)
         W, mb = len(self.train), self.t.cfg.train.micro_batch_size
         rows, pieces, at = torch.arange(ro.num_rows), [], [0] * W
         for s in range(0, len(rows), mb):
@@ -122,9 +136,6 @@ class RayExecutor:
                 at[r] += k
         return torch.cat(pieces)
 
-    def values(self, ro: Rollout) -> torch.Tensor:
-        raise LmmR1Error("algo.advantage=gae (a critic) is not supported with distributed workers yet")
-
     def update(self, batch, mini: torch.Tensor, stats, *, measure_gap: bool) -> bool:
         from lmmr1.distributed.shard_trainer import merge_stats
 
@@ -132,8 +143,9 @@ class RayExecutor:
         if self._batch[0] is not batch:
             self._batch = (batch, self.ray.put(batch))
         lr = t.optimizer.param_groups[0]["lr"]
+        critic_lr = t.critic_optimizer.param_groups[0]["lr"] if t.critic_optimizer is not None else None
         res = self._wait([w.update.remote(self._batch[1], mini, measure_gap, lr, t.kl.value, t.step,
-                                          t.nonfinite_in_a_row) for w in self.train], self.train_names)
+                                          t.nonfinite_in_a_row, critic_lr) for w in self.train], self.train_names)
         merge_stats(stats, [r[1] for r in res])
         t.nonfinite_in_a_row = res[0][2]
         return res[0][0]
@@ -152,6 +164,12 @@ class RayExecutor:
             for name, p in t.policy.model.state_dict().items():
                 p.copy_(full[name])
         t.optimizer.load_state_dict({"state": opt["state"], "param_groups": t.optimizer.state_dict()["param_groups"]})
+        if t.critic is not None:  # PPO's critic goes into the checkpoint the same way
+            full = self._wait([w.full_state.remote("critic") for w in self.train], self.train_names)[0]
+            opt = self._wait([w.optimizer_state.remote("critic") for w in self.train], self.train_names)[0]
+            t.critic.load_state_dict(full)
+            t.critic_optimizer.load_state_dict({"state": opt["state"],
+                                                "param_groups": t.critic_optimizer.state_dict()["param_groups"]})
 
     def close(self) -> None:
         if self.closed:

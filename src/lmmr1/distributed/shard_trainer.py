@@ -10,7 +10,9 @@ that say which rows are this rank's and how ranks agree:
   (``split_rows``), this rank runs its part (the driver reassembles in the same order);
 - ``_logprobs``: runs through the FSDP root (fsdp.ShardedCall) so the root unit is gathered;
 - ``_all_ranks_ok``: a non-finite loss on any rank skips the update on every rank;
-- ``_clip_grad_norm``: the global norm of sharded gradients, as a plain tensor.
+- ``_clip_grad_norm``: the global norm of sharded gradients, as a plain tensor;
+- ``_critic_values``: PPO's value model runs through its own FSDP root (critic weights and their
+  AdamW state are sharded like the policy's).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lmmr1.models import load_model
 from lmmr1.models.precision import resolve_precision
 from lmmr1.trainer.batch import StepBatch, UpdateStats
 from lmmr1.trainer.config import Config
+from lmmr1.trainer.critic import Critic
 from lmmr1.trainer.trainer import Trainer
 from lmmr1.trainer.variants import VariantHooks
 
@@ -45,7 +48,8 @@ class _Console:
 
 
 class ShardTrainer(Trainer):
-    def __init__(self, cfg: Config, policy_path: str, rank: int, world: int):  # noqa: D107 (no super: see module doc)
+    def __init__(self, cfg: Config, policy_path: str, rank: int, world: int,  # noqa: D107 (no super: see module doc)
+                 critic_state: dict | None = None):
         self.cfg, self.rank, self.world = cfg, rank, world
         m, a, d = cfg.model, cfg.algo, cfg.distributed
         self.device = torch.device("cuda", torch.cuda.current_device()) if (
@@ -64,10 +68,20 @@ class ShardTrainer(Trainer):
             self.ref = load_model(m.path, **load_kw)
             self.ref.model.requires_grad_(False).eval()
             self.ref_root = fsdp.shard(self.ref, self.mesh, cpu_offload=d.ref_offload or d.cpu_offload)
-        self.critic = self.critic_optimizer = None
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(fsdp.trainable(self.root), lr=o.lr, betas=tuple(o.betas),
                                            weight_decay=o.weight_decay)
+        # PPO's critic: the driver's (fresh or resumed) weights, loaded before sharding so every rank
+        # starts from the same full tensors; sharded and optimised exactly like the policy
+        self.critic = self.critic_root = self.critic_optimizer = None
+        self.critic_lr = a.critic_lr or o.lr * 10
+        if a.advantage == "gae" and not self.sft:
+            self.critic = Critic(load_model(m.path, **load_kw))
+            if critic_state is not None:
+                self.critic.load_state_dict(critic_state)
+            self.critic_root = fsdp.shard(self.critic.lm, self.mesh, cpu_offload=d.cpu_offload, module=self.critic)
+            self.critic_optimizer = torch.optim.AdamW(fsdp.trainable(self.critic_root), lr=self.critic_lr,
+                                                      betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.objective = ObjectiveSettings(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
                                            ratio_level=a.ratio_level, loss_agg=a.loss_agg,
                                            kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef)
@@ -87,6 +101,9 @@ class ShardTrainer(Trainer):
         root = self.root if lm is self.policy else self.ref_root
         return root(super()._logprobs, lm, ro, rows, with_entropy)
 
+    def _critic_values(self, ro, rows):
+        return self.critic_root(super()._critic_values, ro, rows)
+
     def _all_ranks_ok(self, ok: bool) -> bool:
         flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)  # NCCL: on the GPU
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -100,25 +117,36 @@ class ShardTrainer(Trainer):
     def logprobs(self, which: str, ro) -> torch.Tensor:
         return self._forward_all(self.policy if which == "policy" else self.ref, ro).cpu()
 
+    def values(self, ro) -> torch.Tensor:
+        return self._values_all(ro).cpu()
+
     def update(self, batch: StepBatch, mini: torch.Tensor, measure_gap: bool, lr: float, kl_value: float,
-               step: int, nonfinite_in_a_row: int) -> tuple[bool, UpdateStats, int]:
+               step: int, nonfinite_in_a_row: int, critic_lr: float | None = None) -> tuple[bool, UpdateStats, int]:
         """One optimizer step on rows ``mini`` (this rank runs its part of every micro-batch)."""
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        if self.critic_optimizer is not None and critic_lr is not None:
+            for g in self.critic_optimizer.param_groups:
+                g["lr"] = critic_lr
         self.kl = SimpleNamespace(value=kl_value)
         self.step, self.nonfinite_in_a_row = step, nonfinite_in_a_row
         stats = UpdateStats()
         applied = self._update(batch, mini, stats, measure_gap=measure_gap)
         return applied, stats, self.nonfinite_in_a_row
 
-    def full_tensors(self):
-        return fsdp.full_tensors(self.root)
+    def full_tensors(self, which: str = "policy"):
+        return fsdp.full_tensors(self.root if which == "policy" else self.critic_root)
 
-    def optimizer_state(self) -> dict:
-        return fsdp.gather_optimizer_state(self.root, self.optimizer)
+    def optimizer_state(self, which: str = "policy") -> dict:
+        if which == "policy":
+            return fsdp.gather_optimizer_state(self.root, self.optimizer)
+        return fsdp.gather_optimizer_state(self.critic_root, self.critic_optimizer)
 
-    def load_optimizer_state(self, state: dict) -> None:
-        fsdp.load_optimizer_state(self.root, self.optimizer, state)
+    def load_optimizer_state(self, state: dict, which: str = "policy") -> None:
+        if which == "policy":
+            fsdp.load_optimizer_state(self.root, self.optimizer, state)
+        else:
+            fsdp.load_optimizer_state(self.critic_root, self.critic_optimizer, state)
 
 
 def merge_stats(into: UpdateStats, parts: list[UpdateStats]) -> None:
@@ -129,6 +157,7 @@ def merge_stats(into: UpdateStats, parts: list[UpdateStats]) -> None:
     first = parts[0]
     into.grad_norm.extend(first.grad_norm)
     into.policy_loss.extend(sum(p.policy_loss[i] for p in parts) for i in range(len(first.policy_loss)))
+    into.value_loss.extend(sum(p.value_loss[i] for p in parts) for i in range(len(first.value_loss)))
     for key in ("clip_frac", "entropy"):
         vals = [getattr(p, key) for p in parts]
         getattr(into, key).extend(sum(v[i] for v in vals) / len(vals) for i in range(min(map(len, vals))))

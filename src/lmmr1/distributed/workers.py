@@ -57,7 +57,7 @@ class TrainWorker(_Killable):
             port = s.getsockname()[1]
         return socket.gethostbyname(socket.gethostname()), port
 
-    def setup(self, addr: tuple[str, int]) -> int:
+    def setup(self, addr: tuple[str, int], critic_state: dict | None = None) -> int:
         import torch.distributed as dist
 
         from lmmr1.distributed.shard_trainer import ShardTrainer
@@ -65,17 +65,22 @@ class TrainWorker(_Killable):
         use_cuda = torch.cuda.is_available() and self.cfg.model.device in ("auto", "cuda")
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method=f"tcp://{addr[0]}:{addr[1]}",
                                 rank=self.rank, world_size=self.world)
-        self.t = ShardTrainer(self.cfg, self.policy_path, self.rank, self.world)
+        self.t = ShardTrainer(self.cfg, self.policy_path, self.rank, self.world, critic_state=critic_state)
         return os.getpid()
 
     def logprobs(self, which: str, ro, step: int) -> torch.Tensor:
         self._maybe_die(step + 1)
         return self.t.logprobs(which, _to(ro, self.t.device))
 
-    def update(self, batch, mini, measure_gap: bool, lr: float, kl_value: float, step: int, nonfinite: int):
+    def values(self, ro, step: int) -> torch.Tensor:
+        self._maybe_die(step + 1)
+        return self.t.values(_to(ro, self.t.device))
+
+    def update(self, batch, mini, measure_gap: bool, lr: float, kl_value: float, step: int, nonfinite: int,
+               critic_lr: float | None = None):
         self._maybe_die(step + 1)
         return self.t.update(_to(batch, self.t.device), mini.to(self.t.device), measure_gap, lr, kl_value, step,
-                             nonfinite)
+                             nonfinite, critic_lr)
 
     def stream_weights(self, targets: list, bucket_bytes: int) -> int:
         """Gather full tensors one by one (every rank takes part) and send them from rank 0 to the
@@ -102,17 +107,17 @@ class TrainWorker(_Killable):
         flush()
         return sent
 
-    def full_state(self) -> dict | None:
-        """The full model state dict on rank 0 (None elsewhere): for checkpoints."""
-        out = {name: t for name, t in self.t.full_tensors()}
+    def full_state(self, which: str = "policy") -> dict | None:
+        """The full state dict of the policy (or "critic") on rank 0 (None elsewhere): for checkpoints."""
+        out = {name: t for name, t in self.t.full_tensors(which)}
         return out if self.rank == 0 else None
 
-    def optimizer_state(self) -> dict | None:
-        state = self.t.optimizer_state()
+    def optimizer_state(self, which: str = "policy") -> dict | None:
+        state = self.t.optimizer_state(which)
         return state if self.rank == 0 else None
 
-    def load_optimizer_state(self, state: dict) -> None:
-        self.t.load_optimizer_state(state)
+    def load_optimizer_state(self, state: dict, which: str = "policy") -> None:
+        self.t.load_optimizer_state(state, which)
 
     def pid(self) -> int:
         return os.getpid()

@@ -251,7 +251,6 @@ def _validate_distributed(cfg: Config) -> None:
     if not d.enabled:
         return
     unsupported = [(cfg.type == "sft", "type=sft"), (cfg.model.lora_r > 0, "model.lora_r > 0 (LoRA)"),
-                   (cfg.algo.advantage == "gae", "algo.advantage=gae (a critic)"),
                    (cfg.episode.turns > 0, "episode.turns > 0 (multi-turn episodes)")]
     for bad, what in unsupported:
         if bad:

@@ -129,7 +129,8 @@ class Trainer:
         self.ref = load_model(m.path, **load_kw) if self.use_ref and not distributed else None
         if self.ref is not None:
             self.ref.model.requires_grad_(False).eval()
-        self.critic = Critic(load_model(m.path, **load_kw)) if a.advantage == "gae" and not self.sft else None
+        self.critic = Critic(load_model(m.path, **{**load_kw, "device": torch.device("cpu")} if distributed else load_kw)
+                             ) if a.advantage == "gae" and not self.sft else None
 
         # --- data and rewards
         self.datasets = []
@@ -278,15 +279,17 @@ class Trainer:
         return torch.cat([self._logprobs(lm, ro, mb)[0]
                           for mb in self._shard_rows(_chunks(rows, self.cfg.train.micro_batch_size))])
 
+    def _critic_values(self, ro: Rollout, rows: torch.Tensor) -> torch.Tensor:
+        """V(s_t) of the rows' completion tokens, fp32 (a hook: FSDP ranks run it through the critic's root)."""
+        with self._amp():
+            return self.critic.values(ro.prompts, ro.prompt_index[rows], ro.completion_ids[rows],
+                                      ro.completion_mask[rows]).float()
+
     @torch.no_grad()
     def _values_all(self, ro: Rollout) -> torch.Tensor:
         rows = torch.arange(ro.num_rows, device=ro.completion_ids.device)
-        out = []
-        for mb in _chunks(rows, self.cfg.train.micro_batch_size):
-            with self._amp():
-                out.append(self.critic.values(ro.prompts, ro.prompt_index[mb], ro.completion_ids[mb],
-                                              ro.completion_mask[mb]).float())
-        return torch.cat(out)
+        return torch.cat([self._critic_values(ro, mb)
+                          for mb in self._shard_rows(_chunks(rows, self.cfg.train.micro_batch_size))])
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, Any]:
@@ -316,7 +319,7 @@ class Trainer:
 
         # 4. advantages
         kl_rewards = -self.kl.value * kl_tok if (self.use_ref and a.kl_in_reward) else torch.zeros_like(mask)
-        extra.update(self.variants.prepare(batch, lambda r: self._forward_all(self.policy, r),
+        extra.update(self.variants.prepare(batch, lambda r: self.executor.logprobs("policy", r),
                                            _derived_seed(t.seed, self.step, "papo")))
         batch.advantages, batch.returns = compute_advantages(a.advantage, scores, kl_rewards, mask, cfg.rollout.n,
                                                              values=batch.values, gamma=a.gamma, lam=a.lam, eps=a.eps,
@@ -409,7 +412,7 @@ class Trainer:
             self._check_rounding(self.update_probe.unchanged_fraction())
         if self.critic_optimizer is not None:
             stats.value_loss.append(value_loss_sum)
-            vnorm = torch.nn.utils.clip_grad_norm_(self.critic.trainable_parameters(), self.cfg.optim.max_grad_norm)
+            vnorm = self._clip_grad_norm(self.critic.trainable_parameters())
             if torch.isfinite(vnorm):  # a non-finite value gradient must not poison the critic
                 self.critic_optimizer.step()
         return True
@@ -436,9 +439,8 @@ class Trainer:
 
     def _critic_backward(self, batch: StepBatch, micro: torch.Tensor, num_tokens: float) -> float:
         """Clipped value loss of one micro-batch (token mean over the mini-batch), back-propagated."""
-        a, ro, m = self.cfg.algo, batch.rollout, batch.mask[micro]
-        with self._amp():
-            v = self.critic.values(ro.prompts, ro.prompt_index[micro], ro.completion_ids[micro], m).float()
+        a, m = self.cfg.algo, batch.mask[micro]
+        v = self._critic_values(batch.rollout, micro)
         vl = a.vf_coef * aggregate(value_loss(v, batch.values[micro], batch.returns[micro], m, clip=a.value_clip), m,
                                    "token_mean", num_tokens=num_tokens)
         vl.backward()
