@@ -160,6 +160,18 @@ def test_ppo_critic_sharded_on_two_workers_resumes_and_ends_with_the_single_proc
     assert all(abs(x["loss/value"] - y["loss/value"]) < 1e-5 for x, y in zip(ma, mb, strict=True))
 
 
+def test_papo_masked_image_log_probs_come_from_the_workers_current_policy(tmp_path, ray_session):
+    """PAPO's no-grad forward on masked images must use the policy being trained (on the workers),
+    not the driver's copy, which is only refreshed for checkpoints: at gamma 1 a stale copy moves
+    the weights by ~lr; with the workers' policy they equal one process's."""
+    papo = ("algo.papo_coef=1.0", "optim.lr=0.001")
+    one, two = run(tmp_path / "one", *papo), run(tmp_path / "two", *papo, *TWO_BY_TWO)
+    a, b = metrics(one), metrics(two)
+    assert any(r["papo/kl"] > 0 for r in a)  # the term was there
+    assert [r["papo/kl"] for r in a] == pytest.approx([r["papo/kl"] for r in b], abs=1e-6)
+    assert max_diff(one, two) < 1e-5
+
+
 # ----------------------------------------------------------------------------- config (no Ray needed)
 @pytest.mark.parametrize(("overrides", "message"), [
     (["distributed.train_workers=0"], "distributed.train_workers=0 is out of range: must be >= 1"),

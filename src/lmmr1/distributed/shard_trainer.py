@@ -150,14 +150,16 @@ class ShardTrainer(Trainer):
 
 
 def merge_stats(into: UpdateStats, parts: list[UpdateStats]) -> None:
-    """One micro-batch's numbers from every rank → the single-process numbers: the loss sums
-    (each rank's part is normalised by the whole mini-batch); the gradient norm is global already;
+    """One micro-batch's numbers from every rank → the single-process numbers: the losses and
+    objective terms sum (each rank's part is normalised by the whole mini-batch); the gradient norm is global already;
     clip fraction and entropy are per-micro-batch means over ranks (each rank's own token mean);
     the log-prob gap is a max."""
     first = parts[0]
     into.grad_norm.extend(first.grad_norm)
     into.policy_loss.extend(sum(p.policy_loss[i] for p in parts) for i in range(len(first.policy_loss)))
     into.value_loss.extend(sum(p.value_loss[i] for p in parts) for i in range(len(first.value_loss)))
+    for key, vals in first.terms.items():  # objective terms (PAPO's KL) are normalised like the loss: they sum
+        into.terms.setdefault(key, []).extend(sum(p.terms[key][i] for p in parts) for i in range(len(vals)))
     for key in ("clip_frac", "entropy"):
         vals = [getattr(p, key) for p in parts]
         getattr(into, key).extend(sum(v[i] for v in vals) / len(vals) for i in range(min(map(len, vals))))
