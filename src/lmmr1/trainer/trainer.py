@@ -217,7 +217,7 @@ class Trainer:
                                   fields={**ex.fields, "datasource": ex.datasource}, completion_tokens=lengths[row],
                                   chat_prompt=prompts.texts[p], messages=ex.messages, source=ex.source,
                                   columns={dcfg.label_key: ex.answer}))
-        self.variants.bind_reask(self.reward, self.policy, self.processor, examples, images, ro, params, self._amp)
+        self.variants.bind_reask(self.reward, self.executor.sample, self.processor, examples, images, ro, params)
         return ro, examples, (samples, self.reward(samples))
 
     def collect(self) -> tuple[Rollout, list, list, Any, dict]:

@@ -42,21 +42,20 @@ class VariantHooks:
 
     # ---------------------------------------------------------------- while scoring
     @staticmethod
-    def bind_reask(reward, policy, processor, examples, images, ro, params, amp) -> None:
+    def bind_reask(reward, sample, processor, examples, images, ro, params) -> None:
         """ACRE's ``answer_consistency`` asks the policy again (greedy, same budget) after its own
-        reasoning with the options reshuffled; bind it to this round's prompts before scoring."""
+        reasoning with the options reshuffled; bind it to this round's prompts before scoring.
+        ``sample(prompts, params)`` is the executor's: the policy being trained, wherever it runs."""
         parts = [r for _, _, r in getattr(reward, "parts", []) if hasattr(r, "bind")]
         if not parts:
             return
-        from lmmr1.rollout import sample
 
         def reask(rows: list[int], follow_ups: list[list[dict]]) -> list[str]:
             p_idx = [int(ro.prompt_index[r]) for r in rows]
             msgs = [list(examples[p].messages) + f for p, f in zip(p_idx, follow_ups, strict=True)]
             prompts = processor(msgs, images=[images[p] for p in p_idx], row_names=[examples[p].source for p in p_idx])
             greedy = dataclasses.replace(params, n=1, temperature=0.0, seed=(params.seed or 0) + 1)
-            with amp():
-                return sample(policy, prompts, greedy).texts
+            return sample(prompts, greedy).texts
 
         for r in parts:
             r.bind(reask)
