@@ -172,6 +172,57 @@ def test_papo_masked_image_log_probs_come_from_the_workers_current_policy(tmp_pa
     assert max_diff(one, two) < 1e-5
 
 
+def test_multi_turn_episodes_play_on_the_rollout_workers_and_equal_one_process(tmp_path, ray_session):
+    """Sokoban episodes (image view: every observation is a new frame) with GiGPO: each turn's actions
+    are sampled by the rollout workers, the envs and token traces stay on the driver.  The episode
+    token budget ends some episodes early, so the number of turn rows varies and a micro-batch can be
+    left with fewer rows than ranks (it joins the one before); turn-0 rows share their group's prompt,
+    later turn rows do not, so the ranks must agree on the forward path.  Rewards, turn
+    counts and weights equal one process's."""
+    levels = [["#######", "#@ $ .#", "#######"], ["#####", "#@$.#", "#####"], ["#####", "#.$@#", "#####"]]
+    data = tmp_path / "levels.jsonl"
+    data.write_text("".join(json.dumps({
+        "message": json.dumps([{"role": "user", "content": "One move per turn.\n" + "\n".join(lv)}]),
+        "answer": "Right", "env": {"name": "sokoban", "level": lv, "view": "image", "tile": 12, "seed": k}}) + "\n"
+        for k, lv in enumerate(levels)))
+    common = [f"data=[{{path: {data}, system_prompt: none}}]", "reward=[]", "episode.turns=3",
+              "episode.max_episode_tokens=5", "episode.invalid_reward=-1.0", "algo.advantage=gigpo",
+              "rollout.n=3", "rollout.max_new_tokens=4", "train.prompts_per_step=3", "train.micro_batch_size=17",
+              "optim.lr=0.001", "train.steps=2"]
+    one, two = run(tmp_path / "one", *common), run(tmp_path / "two", *common, *TWO_BY_TWO)
+    a, b = metrics(one), metrics(two)
+    for key in ("reward/mean", "episode/turns", "episode/return", "episode/truncated/episode_tokens"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    assert any(r["episode/truncated/episode_tokens"] > 0 for r in a)  # the budget cut some episodes
+    rows = [round(r["episode/turns"] * 9) for r in a]  # 9 episodes of 1-3 turns each
+    assert 18 in rows  # micro-batches of 17 + 1: the 1-row tail joined the first (shard_chunks)
+    assert [r["loss/policy"] for r in a] == pytest.approx([r["loss/policy"] for r in b], abs=1e-6)
+    # 1e-4 as in the mixed test above: Adam moves a parameter whose gradient is ~0 by lr x rounding noise
+    # (here the ranks also run turn rows without the prompt-once path the single process picks)
+    assert max_diff(one, two) < 1e-4
+
+
+def test_a_micro_batch_cut_between_groups_takes_one_forward_path_on_every_rank(tmp_path, ray_session):
+    """3 prompts x 2 samples in micro-batches of 3 rows: rank 0 gets rows 0-1 (one prompt twice: the
+    prompt-once forward, two passes through the layers), rank 1 row 2 alone (one pass).  Before the
+    ranks agreed on the path, rank 0 waited in an all-gather rank 1 never made: the run hung."""
+    common = ["train.prompts_per_step=3", "rollout.n=2", "train.micro_batch_size=3", "train.steps=2"]
+    one, two = run(tmp_path / "one", *common), run(tmp_path / "two", *common, "distributed.train_workers=2",
+                                                    "distributed.cpus_per_worker=0.5")
+    assert [r["reward/mean"] for r in metrics(one)] == [r["reward/mean"] for r in metrics(two)]
+    assert max_diff(one, two) < 1e-5
+
+
+def test_a_short_last_micro_batch_joins_the_one_before():
+    from lmmr1.distributed.shard_trainer import shard_chunks
+
+    sizes = lambda n, mb, w: [len(c) for c in shard_chunks(torch.split(torch.arange(n), mb), w)]  # noqa: E731
+    assert sizes(11, 5, 2) == [5, 6]  # the 1-row tail would leave rank 1 without rows
+    assert sizes(12, 5, 2) == [5, 5, 2]
+    assert sizes(11, 5, 1) == [5, 5, 1]  # one rank: nothing to merge
+    assert sizes(1, 5, 2) == [1]  # a single micro-batch stays (config validation forbids it)
+
+
 # ----------------------------------------------------------------------------- config (no Ray needed)
 @pytest.mark.parametrize(("overrides", "message"), [
     (["distributed.train_workers=0"], "distributed.train_workers=0 is out of range: must be >= 1"),
@@ -179,6 +230,8 @@ def test_papo_masked_image_log_probs_come_from_the_workers_current_policy(tmp_pa
     (["distributed.train_workers=3", "train.micro_batch_size=2"], "every micro-batch needs at least one row per train"),
     (["distributed.train_workers=2", "model.lora_r=4"], "model.lora_r > 0 (LoRA) is not supported with distributed"),
     (["distributed.rollout_workers=2", "type=sft"], "type=sft is not supported with distributed"),
+    (["distributed.train_workers=4", "episode.turns=2", "algo.advantage=gigpo", "reward=[]", "rollout.n=2",
+      "train.prompts_per_step=1"], "train.prompts_per_step x rollout.n = 2 episodes"),
     (["rollout.max_tokens_in_flight=4"], "rollout.max_tokens_in_flight=4 is out of range"),
     (["rollout.max_rows_in_flight=-1"], "rollout.max_rows_in_flight=-1 is out of range"),
 ])

@@ -142,3 +142,18 @@ def test_report_without_matplotlib(runs):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
     assert out.returncode == 0, out.stderr
     assert "<svg" not in out.stdout and "Held-out evaluation" in out.stdout and "lmmr1[report]" in out.stdout
+
+
+def test_eval_examples_of_single_turn_and_multi_turn_suites_are_shown(runs):
+    """A stage's eval.json keeps examples: single-turn ones have a gold answer and a completion,
+    multi-turn episodes (env suites played turn by turn) their actions, return and success."""
+    stage = runs[0] / "2_mgt"
+    (stage / "eval.json").write_text(json.dumps({
+        "arith_text": {"accuracy": 0.5, "examples": [{"answer": "12", "accuracy": 1.0, "prompt": "What is 3*4?",
+                                                      "completion": "<answer>12</answer>"}]},
+        "sokoban_turns": {"accuracy": 0.0, "examples": [{"source": "levels.jsonl:3", "actions": ["Up", "Left <b>"],
+                                                         "return": -0.2, "success": False, "truncated": "turns"}]}}))
+    report = write_report(runs[0]).read_text()
+    assert "gold 12, accuracy 1.0" in report and "&lt;answer&gt;12&lt;/answer&gt;" in report
+    assert ("episode levels.jsonl:3: success False, return -0.2, truncated (turns)" in report
+            and "Up | Left &lt;b&gt;" in report)

@@ -239,6 +239,21 @@ def _labels(roots: list[Path]) -> list[str]:
     return [str(r) if names.count(n) > 1 else n for r, n in zip(roots, names, strict=True)]
 
 
+def _eval_example(e: dict) -> str:
+    """One held-out example: a single-turn answer with its gold, or a multi-turn episode's actions
+    (env suites played turn by turn keep ``actions``, ``return`` and ``success`` instead)."""
+    suite = html.escape(str(e.get("suite", "")))
+    if "actions" in e:
+        moves = " | ".join(str(a) for a in e.get("actions") or [])
+        cut = f", truncated ({html.escape(str(e['truncated']))})" if e.get("truncated") else ""
+        return (f"<div class='sample'><b>eval {suite}</b> episode {html.escape(str(e.get('source', '')))}: "
+                f"success {e.get('success')}, return {e.get('return')}{cut}<pre class='completion'>"
+                f"{html.escape(moves)}</pre></div>")
+    return (f"<div class='sample'><b>eval {suite}</b> gold {html.escape(str(e.get('answer', '')))}, accuracy "
+            f"{e.get('accuracy')}<pre>{html.escape(str(e.get('prompt', '')))[:400]}</pre><pre class='completion'>"
+            f"{html.escape(str(e.get('completion', '')))}</pre></div>")
+
+
 def write_report(root: str | Path, compare: Sequence[str | Path] = (), require_charts: bool = False) -> Path:
     """Write ``root/report.html``; ``compare`` overlays other runs' curves on the same charts and adds
     their evaluations (e.g. the direct SFT -> MGT run next to SFT -> FRE -> MGT), stage by stage.
@@ -296,11 +311,7 @@ def write_report(root: str | Path, compare: Sequence[str | Path] = (), require_c
                 parts.append(f"<div class='sample'><b>train step {smp.get('step')}</b> reward {smp.get('reward')}"
                              f"<pre>{html.escape(str(smp.get('prompt', '')))[:400]}</pre><pre class='completion'>"
                              f"{html.escape(str(smp.get('completion', '')))}</pre></div>")
-            for e in ev_examples:
-                parts.append(f"<div class='sample'><b>eval {html.escape(e['suite'])}</b> gold "
-                             f"{html.escape(str(e['answer']))}, accuracy {e['accuracy']}<pre>"
-                             f"{html.escape(str(e['prompt']))[:400]}</pre><pre class='completion'>"
-                             f"{html.escape(str(e['completion']))}</pre></div>")
+            parts += [_eval_example(e) for e in ev_examples]
             parts.append("</details>")
     style = ("<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"

@@ -125,13 +125,13 @@ class RayExecutor:
 
     def _in_row_order(self, ro: Rollout, outs: list[torch.Tensor]) -> torch.Tensor:
         """The ranks' parts of every micro-batch (shard_trainer.split_rows), back in row order."""
-        from lmmr1.distributed.shard_trainer import split_rows
+        from lmmr1.distributed.shard_trainer import shard_chunks, split_rows
 
         W, mb = len(self.train), self.t.cfg.train.micro_batch_size
         rows, pieces, at = torch.arange(ro.num_rows), [], [0] * W
-        for s in range(0, len(rows), mb):
+        for chunk in shard_chunks(torch.split(rows, mb), W):
             for r in range(W):
-                k = len(split_rows(rows[s : s + mb], r, W))
+                k = len(split_rows(chunk, r, W))
                 pieces.append(outs[r][at[r] : at[r] + k])
                 at[r] += k
         return torch.cat(pieces)

@@ -7,9 +7,11 @@ and inherits the very methods the single process runs (``_update``, ``_forward_a
 that say which rows are this rank's and how ranks agree:
 
 - ``_shard_rows``: a micro-batch's rows are split into ``world`` contiguous parts
-  (``split_rows``), this rank runs its part (the driver reassembles in the same order);
+  (``split_rows``; a short last micro-batch first joins the one before, ``shard_chunks``), this
+  rank runs its part (the driver reassembles in the same order);
 - ``_logprobs``: runs through the FSDP root (fsdp.ShardedCall) so the root unit is gathered;
 - ``_all_ranks_ok``: a non-finite loss on any rank skips the update on every rank;
+- ``_shared_prefix``: every rank takes the same forward path (prompt once + completions, or one pass);
 - ``_clip_grad_norm``: the global norm of sharded gradients, as a plain tensor;
 - ``_critic_values``: PPO's value model runs through its own FSDP root (critic weights and their
   AdamW state are sharded like the policy's).
@@ -38,6 +40,17 @@ def split_rows(rows: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """Rank ``rank``'s part of ``rows``: ``world`` contiguous, near-equal parts (earlier ranks one
     longer); the driver concatenates the ranks' outputs in rank order to undo it."""
     return torch.tensor_split(rows, world)[rank]
+
+
+def shard_chunks(chunks, world: int) -> list[torch.Tensor]:
+    """The micro-batches as ranks run them: a last micro-batch with fewer rows than ranks joins the
+    one before it, so no rank runs a forward without rows (every rank must take part in every
+    FSDP collective).  Multi-turn steps need it: their number of turn rows varies per step.  The
+    loss of a micro-batch is normalised by the whole mini-batch, so merging changes no number."""
+    out = list(chunks)
+    if len(out) > 1 and len(out[-1]) < world:
+        out[-2:] = [torch.cat(out[-2:])]
+    return out
 
 
 class _Console:
@@ -94,12 +107,22 @@ class ShardTrainer(Trainer):
 
     # ------------------------------------------------------------ hooks of Trainer._update / _forward_all
     def _shard_rows(self, chunks):
-        for rows in chunks:
+        for rows in shard_chunks(chunks, self.world):
             yield split_rows(rows, self.rank, self.world)
 
     def _logprobs(self, lm, ro, rows, with_entropy: bool = False):
         root = self.root if lm is self.policy else self.ref_root
         return root(super()._logprobs, lm, ro, rows, with_entropy)
+
+    def _shared_prefix(self, lm, prompt_index: torch.Tensor) -> bool:
+        """One answer for all ranks: running each prompt once and then the completions over its
+        cache is two passes through the layers (two all-gathers each), a plain forward one.  A rank
+        whose rows share no prompt (turn rows of multi-turn episodes, or a micro-batch cut between
+        groups) would otherwise take the other path and leave its peers waiting in a collective."""
+        own = len(torch.unique(prompt_index)) < len(prompt_index) and not lm.activation_checkpointing
+        flag = torch.tensor([1 if own else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _critic_values(self, ro, rows):
         return self.critic_root(super()._critic_values, ro, rows)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -237,16 +238,24 @@ def _cut(ro: Rollout, r: int, keep: int, pad_id: int) -> None:
     ro.finish_reasons[r] = "length"
 
 
+Sampler = Callable[[PromptBatch, SamplingParams], Rollout]
+
+
 @torch.no_grad()
 def play_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: EpisodeConfig,
-                  params: SamplingParams) -> EpisodeBatch:
+                  params: SamplingParams, sampler: Sampler | None = None) -> EpisodeBatch:
     """Play ``params.n`` episodes of each env row in ``examples``; one rollout row per turn.
 
     Turn 0 samples the n actions of a group from its shared first prompt in one prefill (as a
     single-turn rollout does); later turns sample one action per live episode from its context.
-    Seeds per turn derive from ``params.seed`` so a step is reproducible.
+    Seeds per turn derive from ``params.seed`` so a step is reproducible.  ``sampler`` generates
+    the actions of a turn (default: ``lm`` in this process); the trainer passes its executor's,
+    so distributed runs play every turn on the rollout workers while the envs, the token traces
+    and the turn rows stay here (rows are seeded by their index, so the tokens do not depend on
+    which worker sampled them).
     """
     proc = lm.processor
+    sampler = sampler or (lambda prompts, p: sample(lm, prompts, p))
     enc = ObservationEncoder(proc)
     n = params.n
     firsts = _first_segments(proc, examples, images)
@@ -277,14 +286,13 @@ def play_episodes(lm: LoadedModel, examples: list, images: list[list], cfg: Epis
         if turn == 0:
             p = SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                                max_new_tokens=params.max_new_tokens, stop=list(params.stop), seed=seed)
-            prompts = contexts_batch(proc, [[f] for f in firsts])
-            ro = sample(lm, prompts, p)
+            ro = sampler(contexts_batch(proc, [[f] for f in firsts]), p)
         else:
             left = [budget - episodes[i].generated for i in live] if budget else [params.max_new_tokens]
             p = SamplingParams(n=1, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                                max_new_tokens=max(1, min(params.max_new_tokens, max(left))), stop=list(params.stop),
                                seed=seed)
-            ro = sample(lm, contexts_batch(proc, [episodes[i].context(cfg.context, cfg.last_k) for i in live]), p)
+            ro = sampler(contexts_batch(proc, [episodes[i].context(cfg.context, cfg.last_k) for i in live]), p)
         ro.prompts = ro.prompts.to("cpu")
         for r, i in enumerate(live):
             ep = episodes[i]

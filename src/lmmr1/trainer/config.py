@@ -250,13 +250,18 @@ def _validate_distributed(cfg: Config) -> None:
     d, t = cfg.distributed, cfg.train
     if not d.enabled:
         return
-    unsupported = [(cfg.type == "sft", "type=sft"), (cfg.model.lora_r > 0, "model.lora_r > 0 (LoRA)"),
-                   (cfg.episode.turns > 0, "episode.turns > 0 (multi-turn episodes)")]
+    unsupported = [(cfg.type == "sft", "type=sft"), (cfg.model.lora_r > 0, "model.lora_r > 0 (LoRA)")]
     for bad, what in unsupported:
         if bad:
             raise ConfigError(f"{what} is not supported with distributed workers yet: set distributed.train_workers=1 "
                               "distributed.rollout_workers=1")
     rows = t.prompts_per_step * cfg.rollout.n
+    if cfg.episode.turns:  # at least one turn row per episode; a short last micro-batch joins the one before
+        if min(t.micro_batch_size, rows) < d.train_workers:
+            raise ConfigError(f"distributed.train_workers={d.train_workers}: every micro-batch needs at least one row "
+                              f"per train worker, but train.prompts_per_step x rollout.n = {rows} episodes in "
+                              f"micro-batches of {t.micro_batch_size} can leave fewer; raise them")
+        return
     mini = t.mini_batch_size or rows
     # every rank must take part in every forward (FSDP collectives): each micro-batch needs >= one row per rank
     for total, name in ((rows, "rollout batch"), (mini, "mini-batch")):

@@ -31,8 +31,10 @@ class Critic(nn.Module):
         # input embeddings (its transformer blocks and value head still train).
         lm.lm_head.requires_grad_(False)
 
-    def values(self, prompts: PromptBatch, prompt_index, completion_ids, completion_mask) -> torch.Tensor:
-        h = completion_hidden(self.lm, prompts, prompt_index, completion_ids, completion_mask)
+    def values(self, prompts: PromptBatch, prompt_index, completion_ids, completion_mask,
+               shared_prefix: bool | None = None) -> torch.Tensor:
+        h = completion_hidden(self.lm, prompts, prompt_index, completion_ids, completion_mask,
+                              shared_prefix=shared_prefix)
         return self.head(h.float()).squeeze(-1) * completion_mask.to(h.device)
 
     def trainable_parameters(self):

@@ -259,8 +259,7 @@ class Trainer:
         params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop),
                                 seed=_derived_seed(self.cfg.train.seed, self.step, "rollout", 0))
-        with self._amp():
-            eb = play_episodes(self.policy, examples, images, self.cfg.episode, params)
+        eb = play_episodes(self.policy, examples, images, self.cfg.episode, params, self.executor.sample)
         samples, res = eb.samples_and_rewards(examples)
         return eb.rollout, examples, samples, res, eb.stats()
 
@@ -271,7 +270,8 @@ class Trainer:
                                        ro.completion_mask[rows], temperature=ro.temperature,
                                        with_entropy=with_entropy,
                                        entropy_grad=self.cfg.algo.entropy_coef > 0,  # else only a metric
-                                       chunk_tokens=self.cfg.train.logprob_chunk_tokens)
+                                       chunk_tokens=self.cfg.train.logprob_chunk_tokens,
+                                       shared_prefix=self._shared_prefix(lm, ro.prompt_index[rows]))
 
     @torch.no_grad()
     def _forward_all(self, lm, ro: Rollout) -> torch.Tensor:
@@ -283,7 +283,8 @@ class Trainer:
         """V(s_t) of the rows' completion tokens, fp32 (a hook: FSDP ranks run it through the critic's root)."""
         with self._amp():
             return self.critic.values(ro.prompts, ro.prompt_index[rows], ro.completion_ids[rows],
-                                      ro.completion_mask[rows]).float()
+                                      ro.completion_mask[rows],
+                                      shared_prefix=self._shared_prefix(self.critic.lm, ro.prompt_index[rows])).float()
 
     @torch.no_grad()
     def _values_all(self, ro: Rollout) -> torch.Tensor:
@@ -427,6 +428,10 @@ class Trainer:
                                highlight=False, soft_wrap=True)
 
     # Hooks for distributed/shard_trainer.py: one process runs every row and agrees with itself.
+    def _shared_prefix(self, lm, prompt_index: torch.Tensor) -> bool | None:
+        """Whether the forward runs each prompt once for all its rows (None: the rows decide, models.sequence)."""
+        return None
+
     def _shard_rows(self, chunks):
         """The rows of each micro-batch this process runs (all of them here)."""
         return chunks
