@@ -13,6 +13,7 @@ import torch
 
 from lmmr1.algos import EPISODE_ESTIMATORS, TurnIndex, compute_advantages
 from lmmr1.data.dataset import Example
+from lmmr1.envs.sokoban import Level
 from lmmr1.errors import LmmR1Error
 from lmmr1.models.sequence import completion_logprobs
 from lmmr1.rollout import SamplingParams
@@ -293,9 +294,26 @@ def test_sokoban_turns_rows_replay_to_a_solve():
             assert replay(level, moves).solved and len(moves) == p.fields["env"]["optimal_moves"]
             assert p.response == f"<answer>{moves[0]}</answer>"
             assert "\n".join(level.to_xsb(floor="_")) in p.question  # the grid as the env's observation writes it
-    tests = {p.key for p in problems("sokoban_turns", "test", 30, size=5, boxes=1, max_moves=4, mid_path=0)}
-    trains = {p.key for p in problems("sokoban_turns", "train", 200, size=5, boxes=1, max_moves=4, mid_path=1)}
+    tests = {p.split_key for p in problems("sokoban_turns", "test", 30, size=5, boxes=1, max_moves=4, mid_path=0)}
+    train = list(problems("sokoban_turns", "train", 200, size=5, boxes=1, max_moves=4, mid_path=1))
+    trains = {p.split_key for p in train}
     assert tests and not tests & trains  # whole levels are held out
+    # mid_path=1: several states of one level can be rows (distinct keys), all in the level's split
+    assert len(trains) < len(train) == len({p.key for p in train})
+
+
+def test_sokoban_short_prompt_is_the_grid_and_one_word(tmp_path):
+    from lmmr1.data.synth import problems, write_suite
+
+    p = next(problems("sokoban_turns", "train", 1, size=5, boxes=1, max_moves=4, prompt="short"))
+    grid = "\n".join(Level.from_xsb(p.fields["env"]["level"]).to_xsb(floor="_"))
+    assert p.question == f"Sokoban.\n{grid}\nMove?" and p.image_question == "Sokoban. Move?"
+    g = next(problems("sokoban", "train", 1, size=5, boxes=1, max_moves=4, prompt="short"))
+    assert g.question.startswith("Sokoban.\n#") and g.question.endswith("\nMoves?")
+    full = next(problems("sokoban", "train", 1, size=5, boxes=1, max_moves=4))
+    assert full.key == g.key and "Push every box onto a goal" in full.question  # the default is unchanged
+    with pytest.raises(LmmR1Error, match="prompt must be one of full, short, got 'tiny'"):
+        write_suite(tmp_path, "sokoban_turns", "train", 1, "text", prompt="tiny")
 
 
 def test_eval_plays_env_suites_turn_by_turn(tmp_path, loaded_vlm):

@@ -68,7 +68,8 @@ def test_football_rows_global_and_online(tmp_path):
 
 
 def test_agent_suite_knobs_and_errors(tmp_path):
-    assert knob_names("sokoban") == {"size": 7, "boxes": 2, "min_moves": 1, "max_moves": 20, "mode": "global"}
+    assert knob_names("sokoban") == {"size": 7, "boxes": 2, "min_moves": 1, "max_moves": 20, "mode": "global",
+                                     "prompt": "full"}
     online = rows(write_suite(tmp_path / "on", "sokoban", "test", 3, "text", mode="online")["text"])
     for r in online:
         assert r["env"]["mode"] == "online" and "give your next move" in json.loads(r["message"])[0]["content"]

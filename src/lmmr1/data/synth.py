@@ -46,6 +46,7 @@ class Problem:
     response: str  # worked solution for SFT
     draw: Any = None  # callable(size) -> PIL image, for the image version
     fields: dict[str, Any] = field(default_factory=dict)
+    split_key: str | None = None  # what decides the split when several problems share one source (default: key)
 
 
 def _split_of(key: str) -> str:
@@ -243,7 +244,7 @@ def problems(suite: str, split: str, n: int, seed: int = 0, **knobs: Any) -> Ite
             p = SUITES[suite](rng, **knobs)
         except TypeError as e:
             raise LmmR1Error(f"suite {suite}: bad knob value ({e}); valid knobs: {', '.join(valid)}") from e
-        if p.key in seen or _split_of(p.key) != split:
+        if p.key in seen or _split_of(p.split_key or p.key) != split:
             misses += 1
             continue
         misses = 0

@@ -26,21 +26,41 @@ SOKOBAN_LEGEND = "# wall, _ floor, . goal, $ box, * box on a goal, @ you, + you 
 SOKOBAN_IMAGE_LEGEND = "brown walls, beige floor, red rings are goals, orange squares are boxes (green on a goal), you are the blue disc"
 
 
-def sokoban_text_prompt(grid: str, mode: str = "global") -> str:
+PROMPTS = ("full", "short")
+SHORT_ASK = {"global": "Moves?", "online": "Move?"}
+
+
+def _check_prompt(prompt: str) -> None:
+    if prompt not in PROMPTS:
+        from lmmr1.errors import LmmR1Error
+
+        raise LmmR1Error(f"sokoban: prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
+
+
+def sokoban_text_prompt(grid: str, mode: str = "global", prompt: str = "full") -> str:
+    """``prompt="short"``: the grid between two words, for models built from scratch (the CPU demo's
+    tiny VLM reads nothing of the instructions, and ~90 instruction tokens cost it 4x the compute
+    and most of its attention: on held-out states it learned the next move from the grid alone and
+    not at all behind the full text within the same budget, docs/results.md "Agents")."""
+    if prompt == "short":
+        return f"Sokoban.\n{grid}\n{SHORT_ASK[mode]}"
     ask = ANSWER_FORMAT if mode == "global" else ONLINE_FORMAT
     return f"You are playing Sokoban. {SOKOBAN_RULES}\nThe level ({SOKOBAN_LEGEND}):\n{grid}\n{ask}"
 
 
-def sokoban_image_prompt(mode: str = "global") -> str:
+def sokoban_image_prompt(mode: str = "global", prompt: str = "full") -> str:
+    if prompt == "short":
+        return f"Sokoban. {SHORT_ASK[mode]}"
     ask = ANSWER_FORMAT if mode == "global" else ONLINE_FORMAT
     return f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{ask}"
 
 
 def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20,
-            mode: str = "global") -> Problem:
+            mode: str = "global", prompt: str = "full") -> Problem:
     """A reverse-play level with an optimal solution of min_moves..max_moves moves (LMM-R1: 7x7, 2-3 boxes).
     ``mode="online"`` asks for the next move only (multi-turn training); the answer is then the
-    first move of the optimal solution."""
+    first move of the optimal solution.  ``prompt``: ``full`` (rules, legend, answer format) or
+    ``short`` (the grid and one word, see ``sokoban_text_prompt``)."""
     from lmmr1.data.synth import Problem
     from lmmr1.envs.render import render_sokoban
     from lmmr1.envs.sokoban_gen import GenConfig, generate
@@ -49,6 +69,7 @@ def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 
         from lmmr1.errors import LmmR1Error
 
         raise LmmR1Error(f"sokoban: mode must be global or online, got {mode!r}")
+    _check_prompt(prompt)
     cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
     cfg.check_values()
     seed = rng.getrandbits(31)
@@ -59,8 +80,8 @@ def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 
     env = {"name": "sokoban", "level": xsb, "optimal_moves": g.optimal_moves, "mode": mode}
     return Problem(
         key="sokoban:" + "|".join(xsb) + ("" if mode == "global" else ":online"),
-        question=sokoban_text_prompt("\n".join(level.to_xsb(floor="_")), mode),
-        image_question=sokoban_image_prompt(mode), answer=moves,
+        question=sokoban_text_prompt("\n".join(level.to_xsb(floor="_")), mode, prompt),
+        image_question=sokoban_image_prompt(mode, prompt), answer=moves,
         response=(f"<think>Pushing the boxes onto the goals takes {g.optimal_moves} "
                   f"move{'' if g.optimal_moves == 1 else 's'}.</think><answer>{moves}</answer>"),
         draw=lambda px: render_sokoban(level, max(4, px // max(level.width, level.height))),
@@ -122,19 +143,21 @@ def _draw_football(scenario: dict, px: int):
 TURN_FORMAT = "Give only your next move, one of Up, Down, Left, Right, inside <answer></answer>, e.g. <answer>Left</answer>."
 
 
-def sokoban_turn_text(grid: str) -> str:
+def sokoban_turn_text(grid: str, prompt: str = "full") -> str:
     """The multi-turn prompt, also used (as ``episode.observation_template``) for every later turn."""
+    if prompt == "short":
+        return f"Sokoban.\n{grid}\n{SHORT_ASK['online']}"
     return f"You are playing Sokoban. {SOKOBAN_RULES}\nThe level ({SOKOBAN_LEGEND}):\n{grid}\n{TURN_FORMAT}"
 
 
 def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20,
-                  mid_path: int = 1) -> Problem:
+                  mid_path: int = 1, prompt: str = "full") -> Problem:
     """Multi-turn Sokoban rows (issue 12, item 5): one move per answer, the env played turn by turn.
 
     ``mid_path=1`` starts the row at a random state along the level's optimal solution (SFT then
-    sees the next optimal move from states an episode passes through); ``mid_path=0`` starts at
-    the level itself (held-out evaluation).  The split key is the level, so one level never lands
-    in two splits.  The grid is written as the env's text observation writes it, so every turn of
+    sees the next optimal move from states an episode passes through; every state of a level can
+    become its own row); ``mid_path=0`` starts at the level itself (held-out evaluation).  The
+    split key is the level, so one level never lands in two splits.  The grid is written as the env's text observation writes it, so every turn of
     an episode reads alike.
     """
     from lmmr1.data.synth import Problem
@@ -142,6 +165,7 @@ def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: 
     from lmmr1.envs.sokoban import replay
     from lmmr1.envs.sokoban_gen import GenConfig, generate
 
+    _check_prompt(prompt)
     cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
     cfg.check_values()
     g = generate(cfg, rng.getrandbits(31))
@@ -150,8 +174,10 @@ def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: 
     rest = g.solution[k:]
     env = {"name": "sokoban", "level": state.to_xsb(), "optimal_moves": len(rest)}
     return Problem(
-        key="sokoban_turns:" + "|".join(g.level.to_xsb()), question=sokoban_turn_text("\n".join(state.to_xsb(floor="_"))),
-        image_question=f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{TURN_FORMAT}",
+        key="sokoban_turns:" + "|".join(g.level.to_xsb()) + (f":{k}" if k else ""),
+        split_key="sokoban_turns:" + "|".join(g.level.to_xsb()), question=sokoban_turn_text("\n".join(state.to_xsb(floor="_")), prompt),
+        image_question=(sokoban_image_prompt("online", prompt) if prompt == "short" else
+                        f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{TURN_FORMAT}"),
         answer=", ".join(rest), response=f"<answer>{rest[0]}</answer>",
         draw=lambda px: render_sokoban(state, max(4, px // max(state.width, state.height))),
         fields={"env": env},
