@@ -17,13 +17,13 @@ fi
 pipq() { "$py" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 
 stamp="$venv/.lmmr1-installed"; [ "$venv" = none ] && stamp=/dev/null
-if [ "$venv" = none ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ "$venv" = none ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   if ! "$py" -c "import torch" >/dev/null 2>&1; then
     echo "[run.sh] installing ${LMMR1_TORCH:-torch==2.13.0}" >&2
     pipq "${LMMR1_TORCH:-torch==2.13.0}"
   fi
   echo "[run.sh] installing lmmr1 and its dependencies" >&2
-  pipq -e ".[dev]"
+  pipq -e ".[dev]" -c constraints.txt
   "$py" -c "import lmmr1, torch" || { echo "[run.sh] install failed" >&2; exit 1; }
   [ "$venv" = none ] || touch "$stamp"
 fi

@@ -9,6 +9,8 @@ in both passes and rollout log-probs match training log-probs to float precision
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +28,17 @@ VLM_TYPES = ("qwen2_5_vl", "qwen2_vl")
 TEXT_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_SAVE_MODES = ("merged", "adapter", "both")
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(cls: type) -> str:
+    """transformers 5.25 renamed ``past_key_values`` to ``cache`` (the old name warns on every call
+    and goes in 5.40); earlier 5.x only know the old name, so ask the installed forward."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _cache_keyword(module: torch.nn.Module) -> str:
+    return _cache_keyword_of(type(module))
 
 
 @dataclass
@@ -176,14 +189,15 @@ class LoadedModel:
     ) -> tuple[torch.Tensor, Any]:
         """Last hidden states (B, L, H) of the language model with explicit positions."""
         pos = position_ids if self.uses_mrope else position_ids[0]
+        kw = _cache_keyword(self.language_model)
         out = self.language_model(
             inputs_embeds=self.embed(input_ids, image_features),
             attention_mask=attention_mask,
             position_ids=pos,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{kw: past_key_values},
         )
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state, getattr(out, kw)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits with never-generate ids (vision placeholders, vocab padding) at -inf."""
