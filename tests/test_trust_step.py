@@ -11,7 +11,7 @@ sample, position) instead of draws from one generator for the batch, so that chu
 rollout workers sample the same tokens (tests/test_rollout_chunks.py); that is the only change in
 those runs, the update code is the same.  (The fixes of issue 9 items 1, 3 and 5 legitimately change numbers for the
 critic, for extreme log-ratios and for the *logged* loss/lr; none of them is exercised here, so none
-of these numbers moves.)  On another torch version or CPU the float results may differ: the pins are
+of these numbers moves.)  On another torch version the float results may differ beyond rounding: the pins are
 then re-recorded with ``fingerprint()``, on the pre-refactor commit.
 
 Since 2026-12 the comparison is to float rounding, not to the bit: the same torch on
@@ -19,7 +19,7 @@ another CPU (the CI machine became an AMD EPYC, AVX2 kernels) rounds sums in
 another order, which moved the near-zero first-step GRPO loss from 2.3e-9 to -1.2e-9 and other
 values in the 7th digit.  So the logged metrics are compared with ``rel=1e-4`` (``abs=1e-6`` for
 values that are zero by construction), and the weights by the norm of each tensor's change from the
-base model (``rel=1e-3``), recorded with the code that had matched the sha256 pins bit for bit, on the new CPU.  A real
+base model (``rel=1e-3``), recorded on the new CPU with the code whose metrics match the original pins to 1e-4.  A real
 change to the step (an op order is not one; a sign, a mask, a coefficient, a skipped micro-batch is)
 moves these by far more.
 """
