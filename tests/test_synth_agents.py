@@ -69,7 +69,7 @@ def test_football_rows_global_and_online(tmp_path):
 
 def test_agent_suite_knobs_and_errors(tmp_path):
     assert knob_names("sokoban") == {"size": 7, "boxes": 2, "min_moves": 1, "max_moves": 20, "mode": "global",
-                                     "prompt": "full"}
+                                     "prompt": "full", "slack": None}
     online = rows(write_suite(tmp_path / "on", "sokoban", "test", 3, "text", mode="online")["text"])
     for r in online:
         assert r["env"]["mode"] == "online" and "give your next move" in json.loads(r["message"])[0]["content"]
@@ -81,3 +81,38 @@ def test_agent_suite_knobs_and_errors(tmp_path):
         write_suite(tmp_path, "sokoban", "train", 1, "text", walls=3)
     with pytest.raises(LmmR1Error, match="mode must be global or online"):
         write_suite(tmp_path, "football", "train", 1, "text", mode="fast")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(LmmR1Error, match="slack must be a non-negative integer"):
+            write_suite(tmp_path, "sokoban", "train", 1, "text", slack=bad)
+
+
+def test_sokoban_slack_is_the_levels_move_budget(tmp_path):
+    """slack=k: the env's max_steps is the optimal length + k, so the reward replays that many moves
+    only: the optimal answer still solves, the same answer with a wasted detour of k+1 moves
+    (a wall bump costs a move, changes nothing) does not; without slack gym-sokoban's 120 apply."""
+    from lmmr1.envs.sokoban import MAX_STEPS, MOVES
+
+    checked = 0
+    for slack in (0, 2):
+        for r in rows(write_suite(tmp_path / str(slack), "sokoban", "test", 8, "text", size=5, boxes=1,
+                                  max_moves=4, slack=slack)["text"]):
+            opt = r["env"]["optimal_moves"]
+            assert r["env"]["max_steps"] == opt + slack
+            assert sokoban_score(r["response"], r["env"]).success
+            level = Level.from_xsb(r["env"]["level"])
+            bump = next((m for m in ("Up", "Down", "Left", "Right") if level.move(MOVES[m.lower()])[0] == level), None)
+            if bump is None:  # the player stands free on every side: no wasted move to make
+                continue
+            checked += 1
+            wasted = ", ".join([bump] * (slack + 1) + r["answer"].split(", "))
+            s = sokoban_score(f"<answer>{wasted}</answer>", r["env"])
+            assert not s.success and s.n_actions == opt + slack + 1
+            no_budget = dict(r["env"])
+            del no_budget["max_steps"]
+            assert sokoban_score(f"<answer>{wasted}</answer>", no_budget).success
+    assert checked >= 8
+    plain = rows(write_suite(tmp_path / "none", "sokoban", "test", 2, "text", size=5, boxes=1, max_moves=4)["text"])
+    assert all("max_steps" not in r["env"] for r in plain) and MAX_STEPS == 120
+    turns = rows(write_suite(tmp_path / "turns", "sokoban_turns", "test", 4, "text", size=5, boxes=1, max_moves=4,
+                             mid_path=0, slack=1)["text"])
+    assert all(r["env"]["max_steps"] == r["env"]["optimal_moves"] + 1 for r in turns)

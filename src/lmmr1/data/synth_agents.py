@@ -55,12 +55,32 @@ def sokoban_image_prompt(mode: str = "global", prompt: str = "full") -> str:
     return f"You are playing Sokoban in the image ({SOKOBAN_IMAGE_LEGEND}). {SOKOBAN_RULES}\n{ask}"
 
 
+def _check_slack(slack: int | None) -> None:
+    if slack is not None and (not isinstance(slack, int) or isinstance(slack, bool) or slack < 0):
+        from lmmr1.errors import LmmR1Error
+
+        raise LmmR1Error(f"sokoban: slack must be a non-negative integer (moves allowed beyond the optimal "
+                         f"solution), got {slack!r}")
+
+
+def _budget(env: dict, optimal: int, slack: int | None) -> dict:
+    """``slack`` set: the level's move budget (the env's ``max_steps``) is its optimal length +
+    slack.  Why: with gym-sokoban's 120 steps, replay ignores every move after the level is solved,
+    so on small levels one fixed sweep (e.g. ``Down, Right, Up, Left, Up, Right``) solves ~40 % of
+    them and RL learns that sweep instead of reading the level (docs/results.md "Agents, fourth
+    pass"); a budget makes the score measure planning."""
+    if slack is not None:
+        env["max_steps"] = max(1, optimal + slack)
+    return env
+
+
 def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20,
-            mode: str = "global", prompt: str = "full") -> Problem:
+            mode: str = "global", prompt: str = "full", slack: int | None = None) -> Problem:
     """A reverse-play level with an optimal solution of min_moves..max_moves moves (LMM-R1: 7x7, 2-3 boxes).
     ``mode="online"`` asks for the next move only (multi-turn training); the answer is then the
     first move of the optimal solution.  ``prompt``: ``full`` (rules, legend, answer format) or
-    ``short`` (the grid and one word, see ``sokoban_text_prompt``)."""
+    ``short`` (the grid and one word, see ``sokoban_text_prompt``).  ``slack``: the move budget
+    beyond the optimal length (see ``_budget``; unset: gym-sokoban's 120 steps)."""
     from lmmr1.data.synth import Problem
     from lmmr1.envs.render import render_sokoban
     from lmmr1.envs.sokoban_gen import GenConfig, generate
@@ -70,6 +90,7 @@ def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 
 
         raise LmmR1Error(f"sokoban: mode must be global or online, got {mode!r}")
     _check_prompt(prompt)
+    _check_slack(slack)
     cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
     cfg.check_values()
     seed = rng.getrandbits(31)
@@ -77,7 +98,7 @@ def sokoban(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 
     level = g.level
     xsb = level.to_xsb()
     moves = ", ".join(g.solution if mode == "global" else g.solution[:1])
-    env = {"name": "sokoban", "level": xsb, "optimal_moves": g.optimal_moves, "mode": mode}
+    env = _budget({"name": "sokoban", "level": xsb, "optimal_moves": g.optimal_moves, "mode": mode}, g.optimal_moves, slack)
     return Problem(
         key="sokoban:" + "|".join(xsb) + ("" if mode == "global" else ":online"),
         question=sokoban_text_prompt("\n".join(level.to_xsb(floor="_")), mode, prompt),
@@ -151,12 +172,13 @@ def sokoban_turn_text(grid: str, prompt: str = "full") -> str:
 
 
 def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: int = 1, max_moves: int = 20,
-                  mid_path: int = 1, prompt: str = "full") -> Problem:
+                  mid_path: int = 1, prompt: str = "full", slack: int | None = None) -> Problem:
     """Multi-turn Sokoban rows (issue 12, item 5): one move per answer, the env played turn by turn.
 
     ``mid_path=1`` starts the row at a random state along the level's optimal solution (SFT then
     sees the next optimal move from states an episode passes through; every state of a level can
-    become its own row); ``mid_path=0`` starts at the level itself (held-out evaluation).  The
+    become its own row); ``mid_path=0`` starts at the level itself (held-out evaluation).
+    ``slack``: the episode's move budget beyond the optimal length from the row's state.  The
     split key is the level, so one level never lands in two splits.  The grid is written as the env's text observation writes it, so every turn of
     an episode reads alike.
     """
@@ -166,13 +188,14 @@ def sokoban_turns(rng: random.Random, size: int = 7, boxes: int = 2, min_moves: 
     from lmmr1.envs.sokoban_gen import GenConfig, generate
 
     _check_prompt(prompt)
+    _check_slack(slack)
     cfg = GenConfig(size=size, boxes=boxes, min_moves=min_moves, max_moves=max_moves)
     cfg.check_values()
     g = generate(cfg, rng.getrandbits(31))
     k = rng.randrange(len(g.solution)) if mid_path else 0
     state = replay(g.level, g.solution[:k]).final
     rest = g.solution[k:]
-    env = {"name": "sokoban", "level": state.to_xsb(), "optimal_moves": len(rest)}
+    env = _budget({"name": "sokoban", "level": state.to_xsb(), "optimal_moves": len(rest)}, len(rest), slack)
     return Problem(
         key="sokoban_turns:" + "|".join(g.level.to_xsb()) + (f":{k}" if k else ""),
         split_key="sokoban_turns:" + "|".join(g.level.to_xsb()), question=sokoban_turn_text("\n".join(state.to_xsb(floor="_")), prompt),

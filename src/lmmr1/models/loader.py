@@ -30,7 +30,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 LORA_SAVE_MODES = ("merged", "adapter", "both")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_keyword_of(cls: type) -> str:
     """transformers 5.25 renamed ``past_key_values`` to ``cache`` (the old name warns on every call
     and goes in 5.40); earlier 5.x only know the old name, so ask the installed forward."""
