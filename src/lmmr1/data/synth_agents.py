@@ -70,7 +70,7 @@ def _budget(env: dict, optimal: int, slack: int | None) -> dict:
     moves solves 56 %) and RL learns that sweep instead of reading the level (docs/results.md
     "Agents, fourth pass"); a budget makes the score measure planning."""
     if slack is not None:
-        env["max_steps"] = max(1, optimal + slack)
+        env["max_steps"] = optimal + slack  # optimal >= 1: a generated level is never solved already
     return env
 
 
